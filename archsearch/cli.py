@@ -1,0 +1,164 @@
+"""The command line: thin typer commands that parse options, call into the modules and print with rich.
+
+No training logic lives here. User errors (``UserError``, bad options) print one line on stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from archsearch import progress
+from archsearch.errors import UserError
+
+try:  # recent typer vendors click; older typer depends on it
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc  # type: ignore[no-redef]
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Architecture and hyperparameter search for small PyTorch models on Fashion-MNIST.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def out() -> Console:
+    """stdout console, created per use so redirection works; wide when not a terminal so tables are not cut."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+class Loss(StrEnum):
+    ce = "ce"
+    kl = "kl"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="Torch device (cpu, cuda, cuda:1); default: CUDA if available.")]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Fashion-MNIST root (holds FashionMNIST/raw); default: $ARCHSEARCH_DATA or the user cache."),
+]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads for torch; default: all cores.")]
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _setup_torch(threads: int | None, device: str | None) -> Any:
+    import torch
+
+    from archsearch.train import default_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = torch.device(device) if device else default_device()
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as err:
+        raise UserError(f"device {device!r} is not usable: {str(err).splitlines()[0]}") from None
+    return dev
+
+
+@app.command()
+def models(json_: JsonOpt = False) -> None:
+    """List the report's 17 architectures with built and reported parameter counts."""
+    from archsearch.report import report_rows
+
+    rows = [row.to_dict() for row in report_rows()]
+    if json_:
+        _emit_json(rows)
+        return
+    table = Table(title="The report's architectures (studies/report.toml)")
+    for col in ("index", "label", "spec", "params", "reported", "match"):
+        table.add_column(col, justify="right" if col in ("index", "params", "reported") else "left")
+    for r in rows:
+        ok = "yes" if r["params"] == r["reported_params"] else "NO"
+        table.add_row(str(r["index"]), r["label"], r["spec"], f"{r['params']:,}", f"{r['reported_params']:,}", ok)
+    out().print(table)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"cannot read seeds {text!r}; use e.g. 42,43,44") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds must be a non-empty list of distinct integers, got {text!r}")
+    return seeds
+
+
+@app.command()
+def train(
+    spec: Annotated[str, typer.Argument(help="Architecture, e.g. mlp:128-relu or cnn:6c5-p2-16c5-p2-fc128,64.")],
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; all train together, fused.")] = "42",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 50,
+    loss: Annotated[Loss, typer.Option(help="Loss: cross-entropy or KL divergence.")] = Loss.ce,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 32,
+    lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate.")] = 3e-4,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")] = 1e-3,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Train one architecture outside Optuna and print its test metrics."""
+    from archsearch.data import load_dataset
+    from archsearch.spec import parse_spec
+    from archsearch.train import Protocol
+    from archsearch.train import train as run_training
+
+    parsed = parse_spec(spec)
+    seed_list = _parse_seeds(seeds)
+    dev = _setup_torch(threads, device)
+    data = load_dataset(data_dir, device=dev)
+    protocol = Protocol(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss.value)
+    with progress.bar(enabled=not json_) as bar:
+        task = bar.add_task(f"train {parsed}", total=None)
+        result = run_training(
+            parsed, seed_list, protocol, data, device=dev, on_step=lambda d, t: bar.update(task, completed=d, total=t)
+        )
+    if json_:
+        _emit_json(result.to_dict())
+        return
+    table = Table(title=f"{parsed} · {epochs} epoch(s) · {result.seconds:.1f} s · test set")
+    for col in ("seed", "accuracy", "precision", "recall", "f1", "diverged"):
+        table.add_column(col, justify="right")
+    for run in result.runs:
+        m = run.metrics["test"]
+        table.add_row(
+            str(run.seed), *(f"{m[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1")), str(run.diverged)
+        )
+    out().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="archsearch", standalone_mode=False)
+    except typer.Exit as err:
+        return err.exit_code
+    except click_exc.NoArgsIsHelpError as err:
+        sys.stderr.write((err.ctx.get_help() if err.ctx else str(err)) + "\n")
+        return 2
+    except (UserError, click_exc.ClickException) as err:
+        message = err.format_message() if isinstance(err, click_exc.ClickException) else str(err)
+        sys.stderr.write(f"archsearch: error: {' '.join(message.split())}\n")
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("archsearch: interrupted\n")
+        return 130
+    return 0

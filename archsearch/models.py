@@ -1,0 +1,170 @@
+"""Build PyTorch models from specs: the plain single-run model and the fused K-run model used for training.
+
+The plain model (``build_model``) is an ordinary ``nn.Sequential``; it is what checkpoints load into and what the
+parameter counts of the report refer to. The fused model (``FusedModel``) holds K independent copies of the same
+architecture as stacked weights so that K runs (seeds) train in one pass: batched matmuls (``baddbmm``) for the fully
+connected layers and grouped convolutions for the conv layers. Nothing is shared between the K copies, so gradients,
+and AdamW (an element-wise optimiser), treat each run exactly as if it were trained alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from archsearch.spec import IMAGE_SHAPE, NUM_CLASSES, CNNSpec, ConvLayer, MLPSpec, PoolLayer, Spec
+
+__all__ = ["FusedModel", "activation_module", "build_model", "count_params", "init_model"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "hardtanh": nn.Hardtanh,
+    "mish": nn.Mish,
+    "leakyrelu": nn.LeakyReLU,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+}
+
+
+def activation_module(name: str) -> nn.Module:
+    return _ACTIVATIONS[name]()
+
+
+def build_model(spec: Spec) -> nn.Sequential:
+    """The plain single-run model for ``spec``: input (N, 1, 28, 28) or (N, 784), output (N, 10) logits."""
+    layers: list[nn.Module] = []
+    if isinstance(spec, MLPSpec):
+        layers.append(nn.Flatten())
+        features = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+        hidden = spec.hidden
+    else:
+        channels = IMAGE_SHAPE[0]
+        for layer in spec.layers:
+            if isinstance(layer, ConvLayer):
+                layers += [nn.Conv2d(channels, layer.channels, layer.kernel, padding=layer.padding)]
+                layers += [activation_module(spec.activation)]
+                channels = layer.channels
+            elif layer.mode == "max":
+                layers.append(nn.MaxPool2d(layer.size))
+            else:
+                layers.append(nn.AvgPool2d(layer.size))
+        layers.append(nn.Flatten())
+        c, h, w = spec.feature_shape()
+        features = c * h * w
+        hidden = spec.fc
+    for width in hidden:
+        layers += [nn.Linear(features, width), activation_module(spec.activation)]
+        features = width
+    layers.append(nn.Linear(features, NUM_CLASSES))
+    return nn.Sequential(*layers)
+
+
+def count_params(spec_or_model: Spec | nn.Module) -> int:
+    model = spec_or_model if isinstance(spec_or_model, nn.Module) else build_model(spec_or_model)
+    return sum(p.numel() for p in model.parameters())
+
+
+def init_model(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """The report's initialisation: Xavier-normal weights, zero biases, drawn in layer order from ``generator``."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear | nn.Conv2d):
+                nn.init.xavier_normal_(module.weight, generator=generator)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+    return model
+
+
+class FusedModel(nn.Module):
+    """K copies of one architecture with stacked weights.
+
+    Input: MLP ``(K, B, 784)``; CNN ``(B, K, 28, 28)`` (run k's images in channel k). Output: ``(K, B, 10)``.
+    Parameters are stored so that run k's slice is exactly run k's plain model (see ``from_models``/``unfuse``).
+    """
+
+    def __init__(self, spec: Spec, k: int) -> None:
+        super().__init__()
+        self.spec, self.k = spec, k
+        self.act = activation_module(spec.activation)
+        self.conv_weights = nn.ParameterList()
+        self.conv_biases = nn.ParameterList()
+        self.conv_layers: list[ConvLayer | PoolLayer] = []
+        if isinstance(spec, CNNSpec):
+            channels = IMAGE_SHAPE[0]
+            for layer in spec.layers:
+                self.conv_layers.append(layer)
+                if isinstance(layer, ConvLayer):
+                    w = torch.empty(k * layer.channels, channels, layer.kernel, layer.kernel)
+                    self.conv_weights.append(nn.Parameter(w))
+                    self.conv_biases.append(nn.Parameter(torch.zeros(k * layer.channels)))
+                    channels = layer.channels
+            c, h, w_ = spec.feature_shape()
+            features, hidden = c * h * w_, spec.fc
+        else:
+            features, hidden = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2], spec.hidden
+        # Linear weights as (K, in, out) so that x @ W is a plain batched matmul without transposes.
+        self.fc_weights = nn.ParameterList()
+        self.fc_biases = nn.ParameterList()
+        for width in (*hidden, NUM_CLASSES):
+            self.fc_weights.append(nn.Parameter(torch.empty(k, features, width)))
+            self.fc_biases.append(nn.Parameter(torch.zeros(k, 1, width)))
+            features = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_layers:
+            conv = 0
+            for layer in self.conv_layers:
+                if isinstance(layer, ConvLayer):
+                    w, b = self.conv_weights[conv], self.conv_biases[conv]
+                    x = self.act(F.conv2d(x, w, b, padding=layer.padding, groups=self.k))
+                    conv += 1
+                elif layer.mode == "max":
+                    x = F.max_pool2d(x, layer.size)
+                else:
+                    x = F.avg_pool2d(x, layer.size)
+            x = x.reshape(x.shape[0], self.k, -1).transpose(0, 1)  # (B, K*C, H, W) -> (K, B, C*H*W)
+        last = len(self.fc_weights) - 1
+        for i, (w, b) in enumerate(zip(self.fc_weights, self.fc_biases, strict=True)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = self.act(x)
+        return x
+
+    def _plain_params(self, model: nn.Module) -> tuple[list[nn.Conv2d], list[nn.Linear]]:
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        return convs, linears
+
+    @classmethod
+    def from_models(cls, spec: Spec, models: Sequence[nn.Module]) -> FusedModel:
+        """Stack K plain models (same spec) into one fused model."""
+        fused = cls(spec, len(models))
+        with torch.no_grad():
+            per_run = [fused._plain_params(m) for m in models]
+            for i, (w, b) in enumerate(zip(fused.conv_weights, fused.conv_biases, strict=True)):
+                w.copy_(torch.cat([convs[i].weight for convs, _ in per_run]))
+                b.copy_(torch.cat([convs[i].bias for convs, _ in per_run]))  # type: ignore[misc]
+            for i, (w, b) in enumerate(zip(fused.fc_weights, fused.fc_biases, strict=True)):
+                w.copy_(torch.stack([lin[i].weight.t() for _, lin in per_run]))
+                b.copy_(torch.stack([lin[i].bias.unsqueeze(0) for _, lin in per_run]))
+        return fused
+
+    def unfuse(self, run: int) -> nn.Sequential:
+        """Run ``run``'s weights as a plain model (on the CPU), e.g. for export."""
+        model = build_model(self.spec)
+        convs, linears = self._plain_params(model)
+        with torch.no_grad():
+            for conv, w, b in zip(convs, self.conv_weights, self.conv_biases, strict=True):
+                n = conv.out_channels
+                conv.weight.copy_(w[run * n : (run + 1) * n])
+                conv.bias.copy_(b[run * n : (run + 1) * n])  # type: ignore[union-attr]
+            for lin, w, b in zip(linears, self.fc_weights, self.fc_biases, strict=True):
+                lin.weight.copy_(w[run].t())
+                lin.bias.copy_(b[run, 0])
+        return model

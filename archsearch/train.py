@@ -1,0 +1,190 @@
+"""The one trainer every command uses. It knows nothing of Optuna: it takes a spec, seeds, a protocol and data
+tensors, and returns plain data. Callers observe (and may stop) training through callbacks.
+
+All seeds of one architecture train together as one ``FusedModel``. Each run keeps everything that makes it *that*
+run: its own generator (seeded with its seed) draws first its Xavier-normal initialisation, then every epoch's
+shuffling order; its loss is averaged over its own batch; AdamW is element-wise, so its optimiser state is its own
+slice of the stacked state. A seed therefore gets the same result in any group, up to float rounding of batched vs
+unbatched kernels (tests/test_train.py checks this against a plain PyTorch loop), and bit-identical results when
+rerun the same way on the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch.nn import functional as F
+
+from archsearch.data import Dataset
+from archsearch.metrics import classification_metrics
+from archsearch.models import FusedModel, build_model, init_model
+from archsearch.spec import MLPSpec, Spec
+
+__all__ = ["EpochReport", "Protocol", "RunResult", "TrainResult", "default_device", "train"]
+
+EVAL_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How to train; the defaults are the report's protocol."""
+
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-3
+    loss: Literal["ce", "kl"] = "ce"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EpochReport:
+    """Handed to ``on_epoch`` after every epoch. ``monitor`` is the split the accuracies are measured on."""
+
+    epoch: int  # 1-based
+    epochs: int
+    monitor: str
+    accuracy: list[float]  # per seed, on ``monitor``
+    train_loss: list[float]  # per seed, mean over the epoch
+    diverged: list[bool]
+
+    @property
+    def mean_accuracy(self) -> float:
+        ok = [a for a, d in zip(self.accuracy, self.diverged, strict=True) if not d]
+        return sum(ok) / len(ok) if ok else float("nan")
+
+
+@dataclass
+class RunResult:
+    seed: int
+    metrics: dict[str, dict[str, Any]]  # split name -> metrics of classification_metrics
+    history: list[dict[str, float]]  # per epoch: epoch, train_loss, <monitor>_accuracy
+    diverged: bool = False
+    step_losses: list[float] | None = None  # only with ``record_steps=True`` (equivalence tests)
+
+
+@dataclass
+class TrainResult:
+    spec: str
+    protocol: dict[str, Any]
+    runs: list[RunResult]
+    seconds: float
+    model: FusedModel | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "protocol": self.protocol,
+            "seconds": self.seconds,
+            "runs": [asdict(r) for r in self.runs],
+        }
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _per_sample_loss(logp: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Loss of each sample from log-probabilities (..., 10) and labels (...)."""
+    if loss == "kl":
+        # KL(one-hot || p) = sum_c t_c (log t_c - log p_c) = -log p_y: with hard targets it *is* cross-entropy.
+        target = F.one_hot(y, logp.shape[-1]).to(logp.dtype)
+        return F.kl_div(logp, target, reduction="none").sum(-1)
+    return -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def _predict(model: FusedModel, x: torch.Tensor) -> torch.Tensor:
+    """Predicted classes (K, N) of every run for the same images x (N, 1, 28, 28)."""
+    k, out = model.k, []
+    for chunk in x.split(EVAL_CHUNK):
+        if isinstance(model.spec, MLPSpec):
+            inp = chunk.reshape(1, chunk.shape[0], -1).expand(k, -1, -1)
+        else:
+            inp = chunk.expand(-1, k, -1, -1)
+        out.append(model(inp).argmax(-1))
+    return torch.cat(out, dim=1)
+
+
+def train(
+    spec: Spec,
+    seeds: Sequence[int],
+    protocol: Protocol,
+    data: Dataset,
+    *,
+    device: torch.device | str | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    record_steps: bool = False,
+) -> TrainResult:
+    """Train one architecture once per seed, all seeds fused into one model.
+
+    ``on_epoch`` gets an :class:`EpochReport` after each epoch and may raise to stop training (Optuna's pruning does).
+    ``on_step(done, total)`` is called every few hundred steps for progress displays. ``record_steps`` keeps every
+    step's loss per run (costly; for tests).
+    """
+    start = time.perf_counter()
+    device = torch.device(device) if device is not None else data.train_x.device
+    data = data.to(device)
+    k, n = len(seeds), len(data.train_y)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    plain = [init_model(build_model(spec), g) for g in gens]
+    model = FusedModel.from_models(spec, plain).to(device)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay, fused=device.type in ("cpu", "cuda")
+    )
+    is_mlp = isinstance(spec, MLPSpec)
+    # MLP input is (K, B, 784); CNN input is (B, K, 28, 28) with run k's images in channel k.
+    images = data.train_x.reshape(n, -1) if is_mlp else data.train_x.reshape(n, 28, 28)
+    monitor = "val" if "val" in data.evals else "test"
+    mon_x, mon_y = data.evals[monitor]
+    bs = protocol.batch_size
+    steps = math.ceil(n / bs)
+    total_steps, done = steps * protocol.epochs, 0
+    diverged = torch.zeros(k, dtype=torch.bool)
+    history: list[list[dict[str, float]]] = [[] for _ in seeds]
+    step_losses: list[torch.Tensor] = []
+    for epoch in range(1, protocol.epochs + 1):
+        model.train()
+        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # (K, N)
+        loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
+        for step in range(steps):
+            idx = perms[:, step * bs : (step + 1) * bs]
+            x = images[idx] if is_mlp else images[idx.t()]
+            y = data.train_y[idx]
+            logp = F.log_softmax(model(x), dim=-1)
+            run_loss = _per_sample_loss(logp, y, protocol.loss).mean(dim=1)  # (K,)
+            opt.zero_grad(set_to_none=True)
+            run_loss.sum().backward()  # runs share nothing, so each gets exactly its own gradient
+            opt.step()
+            loss_sum += run_loss.detach()
+            if record_steps:
+                step_losses.append(run_loss.detach().cpu())
+            done += 1
+            if on_step is not None and (done % 200 == 0 or done == total_steps):
+                on_step(done, total_steps)
+        mean_loss = (loss_sum / steps).cpu()
+        diverged |= ~torch.isfinite(mean_loss)
+        model.eval()
+        acc = (_predict(model, mon_x) == mon_y).double().mean(dim=1).cpu()
+        for r in range(k):
+            history[r].append({"epoch": epoch, "train_loss": float(mean_loss[r]), f"{monitor}_accuracy": float(acc[r])})
+        if on_epoch is not None:
+            report = EpochReport(epoch, protocol.epochs, monitor, acc.tolist(), mean_loss.tolist(), diverged.tolist())
+            on_epoch(report)
+    model.eval()
+    final = {split: _predict(model, x).cpu() for split, (x, _) in data.evals.items()}
+    steps_by_run = torch.stack(step_losses, dim=1).tolist() if record_steps else None
+    runs = []
+    for r, seed in enumerate(seeds):
+        metrics = {split: classification_metrics(final[split][r], y) for split, (_, y) in data.evals.items()}
+        losses = steps_by_run[r] if steps_by_run is not None else None
+        runs.append(RunResult(int(seed), metrics, history[r], bool(diverged[r]), losses))
+    return TrainResult(str(spec), protocol.to_dict(), runs, time.perf_counter() - start, model)

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real Fashion-MNIST (integration tests) and small generated IDX files (discovery tests)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from archsearch.data import FILES, Dataset, load_dataset
+
+
+@pytest.fixture(scope="session")
+def fmnist() -> Dataset:
+    """The real dataset, found the way the CLI finds it (cache, else Debian's package, else download)."""
+    return load_dataset()
+
+
+@pytest.fixture(scope="session")
+def small_real(fmnist: Dataset) -> Dataset:
+    """A fixed 3,200-image slice of the real training set (100 steps of 32) and 1,000 test images: fast but real."""
+    x, y = fmnist.evals["test"]
+    return Dataset(fmnist.train_x[:3200], fmnist.train_y[:3200], {"test": (x[:1000], y[:1000])})
+
+
+def write_idx(raw: Path, n_train: int = 64, n_test: int = 32, gz: bool = False, seed: int = 0) -> None:
+    """Write four small but well-formed IDX files (optionally gzipped, as Debian ships them) into ``raw``."""
+    g = torch.Generator().manual_seed(seed)
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        n = n_train if name.startswith("train") else n_test
+        if "images" in name:
+            body = (
+                struct.pack(">IIII", 2051, n, 28, 28)
+                + torch.randint(0, 256, (n * 784,), generator=g).byte().numpy().tobytes()
+            )
+        else:
+            body = struct.pack(">II", 2049, n) + torch.randint(0, 10, (n,), generator=g).byte().numpy().tobytes()
+        path = raw / (name + (".gz" if gz else ""))
+        path.write_bytes(gzip.compress(body) if gz else body)

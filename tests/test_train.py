@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from archsearch.data import Dataset
+from archsearch.models import build_model, init_model
+from archsearch.report import report_rows
+from archsearch.spec import parse_spec
+from archsearch.train import EpochReport, Protocol, train
+
+
+def plain_loop(spec: str, seed: int, protocol: Protocol, data: Dataset) -> tuple[list[float], torch.nn.Module]:
+    """The textbook loop for one run, drawing init and shuffles from the seed's generator the way the trainer does."""
+    gen = torch.Generator().manual_seed(seed)
+    model = init_model(build_model(parse_spec(spec)), gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay)
+    losses, n = [], len(data.train_y)
+    for _ in range(protocol.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, protocol.batch_size):
+            idx = perm[start : start + protocol.batch_size]
+            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return losses, model
+
+
+@pytest.mark.parametrize("spec", ["mlp:64,32-tanh", "cnn:4c5-p2-8c3-p2-fc32"])
+def test_fused_run_equals_run_trained_alone(spec: str, small_real: Dataset) -> None:
+    protocol = Protocol(epochs=3)  # 300 steps of 32
+    fused = train(parse_spec(spec), [7, 8, 9], protocol, small_real, record_steps=True)
+    alone_losses, alone_model = plain_loop(spec, 8, protocol, small_real)
+    fused_losses = fused.runs[1].step_losses
+    assert fused_losses is not None and len(fused_losses) == len(alone_losses) == 300
+    torch.testing.assert_close(torch.tensor(fused_losses), torch.tensor(alone_losses), rtol=2e-4, atol=2e-5)
+    # final weights and test predictions agree too
+    assert fused.model is not None
+    for a, b in zip(fused.model.unfuse(1).parameters(), alone_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    x, y = small_real.evals["test"]
+    alone_acc = (alone_model(x).argmax(1) == y).float().mean().item()
+    assert abs(fused.runs[1].metrics["test"]["accuracy"] - alone_acc) <= 2 / len(y)
+
+
+def test_seed_result_does_not_depend_on_group(small_real: Dataset) -> None:
+    spec, protocol = parse_spec("mlp:32"), Protocol(epochs=1)
+    grouped = train(spec, [1, 2, 3], protocol, small_real, record_steps=True)
+    alone = train(spec, [2], protocol, small_real, record_steps=True)
+    torch.testing.assert_close(
+        torch.tensor(grouped.runs[1].step_losses), torch.tensor(alone.runs[0].step_losses), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_same_seed_is_bit_identical(small_real: Dataset) -> None:
+    spec, protocol = parse_spec("cnn:4c5-p2-fc16"), Protocol(epochs=1)
+    a = train(spec, [42, 43], protocol, small_real, record_steps=True)
+    b = train(spec, [42, 43], protocol, small_real, record_steps=True)
+    assert [r.step_losses for r in a.runs] == [r.step_losses for r in b.runs]
+    assert [r.metrics for r in a.runs] == [r.metrics for r in b.runs]
+    assert a.runs[0].step_losses != a.runs[1].step_losses  # different seeds really differ
+
+
+def test_kl_with_hard_targets_is_cross_entropy(small_real: Dataset) -> None:
+    """The report's claim (section 2.2): same seed, CE and KL give identical results. Bit for bit."""
+    spec = parse_spec("mlp:32-relu")
+    ce = train(spec, [42], Protocol(epochs=1, loss="ce"), small_real, record_steps=True)
+    kl = train(spec, [42], Protocol(epochs=1, loss="kl"), small_real, record_steps=True)
+    assert ce.runs[0].step_losses == kl.runs[0].step_losses
+    assert ce.runs[0].metrics == kl.runs[0].metrics
+
+
+def test_epoch_callback_and_history(small_real: Dataset) -> None:
+    seen: list[EpochReport] = []
+    result = train(parse_spec("mlp:linear"), [1, 2], Protocol(epochs=2), small_real, on_epoch=seen.append)
+    assert [r.epoch for r in seen] == [1, 2] and seen[0].monitor == "test"
+    assert [h["epoch"] for h in result.runs[0].history] == [1, 2]
+    assert result.runs[1].history[-1]["test_accuracy"] == seen[-1].accuracy[1]
+    m = result.runs[0].metrics["test"]
+    assert set(m) >= {"accuracy", "precision", "recall", "f1", "per_class_accuracy", "confusion_matrix"}
+
+
+def test_callback_can_stop_training(small_real: Dataset) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop(report: EpochReport) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(parse_spec("mlp:linear"), [1], Protocol(epochs=5), small_real, on_epoch=stop)
+
+
+@pytest.mark.slow
+def test_report_model_0_one_epoch_on_real_data(fmnist: Dataset) -> None:
+    result = train(report_rows()[0].spec, [42], Protocol(epochs=1), fmnist)
+    m = result.runs[0].metrics["test"]
+    assert m["accuracy"] >= 0.78
+    assert abs(m["recall"] - m["accuracy"]) < 1e-6  # balanced test set
