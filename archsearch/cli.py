@@ -64,6 +64,9 @@ def _setup_torch(threads: int | None, device: str | None) -> Any:
 
     if threads:
         torch.set_num_threads(threads)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI shows its own progress
     try:
         dev = torch.device(device) if device else default_device()
         torch.empty(0, device=dev)
@@ -142,6 +145,131 @@ def train(
             str(run.seed), *(f"{m[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1")), str(run.diverged)
         )
     out().print(table)
+
+
+class LossChoice(StrEnum):
+    ce = "ce"
+    kl = "kl"
+    both = "both"
+
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Optuna storage URL: sqlite:///FILE.db (default sqlite:///archsearch.db), postgresql://…, "
+        "journal:///FILE.log."
+    ),
+]
+StudyOpt = Annotated[str | None, typer.Option(help="Study name; default derived from the protocol.")]
+
+
+@app.command()
+def reproduce(
+    models: Annotated[str, typer.Option(help="Report rows, e.g. 0,6,16 or 0-5; default all 17.")] = "all",
+    runs: Annotated[int | None, typer.Option(min=1, help="Runs (seeds) per row; default 5 (--quick: 2).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs; default 50 (--quick: 2).")] = None,
+    loss: Annotated[LossChoice, typer.Option(help="Loss; 'both' trains each row with CE and with KL.")] = LossChoice.ce,
+    seed: Annotated[int, typer.Option(help="First seed; runs use seed, seed+1, …")] = 42,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size (report: 32).")] = 32,
+    lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate (report: 3e-4).")] = 3e-4,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay (report: 1e-3).")] = 1e-3,
+    quick: Annotated[bool, typer.Option(help="A few-minute first look: 2 runs of 2 epochs.")] = False,
+    storage: StorageOpt = None,
+    study_name: StudyOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write results.json, REPORT.md and PNG plots here.")
+    ] = None,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Reproduce the report's table as fixed Optuna trials; rerun to resume."""
+    from archsearch import compare
+    from archsearch import reproduce as rep
+    from archsearch.data import default_data_dir, ensure_raw_files, load_dataset
+    from archsearch.report import parse_indexes
+    from archsearch.storage import open_storage
+
+    cfg = rep.ReproduceConfig(
+        indexes=tuple(parse_indexes(models)),
+        losses=("ce", "kl") if loss is LossChoice.both else (loss.value,),
+        runs=runs or (2 if quick else 5),
+        first_seed=seed,
+        epochs=epochs or (2 if quick else 50),
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+    )
+    if out_dir is not None:
+        compare.check_writable(out_dir)
+    dev = _setup_torch(threads, device)
+    ensure_raw_files(data_dir or default_data_dir())  # missing data fails before the study is touched
+    store = open_storage(storage)
+    name = study_name or cfg.default_study_name()
+    study = rep.open_reproduce_study(store, name, cfg)
+    todo = rep.pending(study, cfg)
+    data = load_dataset(data_dir, device=dev) if todo else None
+    with progress.bar(enabled=not json_ and bool(todo)) as bar:
+        overall = bar.add_task(f"study {name}: trials", total=len(todo))
+        current = bar.add_task("", total=None, visible=False)
+
+        def on_trial(label: str) -> None:
+            bar.update(current, description=f"  {label}", completed=0, total=None, visible=True)
+
+        def on_epoch(report: Any) -> None:
+            bar.update(current, description=f"  epoch {report.epoch}/{report.epochs} acc {report.mean_accuracy:.4f}")
+
+        def on_result(trial: Any, result: Any) -> None:
+            bar.advance(overall)
+
+        hooks = rep.Hooks(
+            on_trial=on_trial,
+            on_step=lambda d, t: bar.update(current, completed=d, total=t),
+            on_epoch=on_epoch,
+            on_result=on_result,
+        )
+        stats = rep.run_reproduce(study, cfg, data, device=dev, hooks=hooks) if data is not None else rep.Stats()
+    results = rep.collect_results(study, cfg)
+    comparisons = compare.compare(results)
+    meta = {**rep.config_dict(cfg), "study": name, "storage": storage or "sqlite:///archsearch.db",
+            "device": str(dev), "trained_now": len(stats.trained), "failed_now": len(stats.failed)}  # fmt: skip
+    written = compare.write_outputs(out_dir, results, comparisons, meta) if out_dir is not None else []
+    if json_:
+        _emit_json({"meta": meta, "rows": results, "comparisons": comparisons, "notes": list(compare.NOTES)})
+        return
+    _print_reproduction(name, results, comparisons, meta)
+    if written:
+        out().print(f"wrote {', '.join(written)} to {out_dir}")
+
+
+def _print_reproduction(name: str, results: list[dict[str, Any]], comparisons: list[dict[str, Any]], meta: Any) -> None:
+    from archsearch.compare import NOTES
+
+    con = out()
+    table = Table(title=f"Report reproduction · study {name} · {meta['runs']} run(s) × {meta['epochs']} epoch(s)")
+    for col in ("row", "architecture", "params", "loss", "accuracy", "reported", "diff", "precision", "recall"):
+        table.add_column(col, justify="left" if col in ("architecture", "loss") else "right")
+    for r in results:
+        table.add_row(
+            str(r["index"]), r["label"], f"{r['params']:,}", r["loss"],
+            f"{r['acc_mean']:.4f} ± {r['acc_std']:.4f}", f"{r['reported_acc']:.4f}", f"{r['acc_diff']:+.4f}",
+            f"{r['prec_mean']:.4f} (rep. {r['reported_prec']:.4f})",
+            f"{r['rec_mean']:.4f} (rep. {r['reported_rec']:.4f})",
+        )  # fmt: skip
+    con.print(table)
+    con.print(f"trained now: {meta['trained_now']} trial(s); failed: {meta['failed_now']}")
+    if meta["deviations"]:
+        con.print("protocol deviates from the report: " + "; ".join(meta["deviations"]))
+    for c in comparisons:
+        con.print(f"\n[bold]{c['section']} {c['title']}[/bold]: claimed {' > '.join(map(str, c['claimed_order']))}, "
+                  f"reproduced {' > '.join(map(str, c['reproduced_order']))}")  # fmt: skip
+        for s in c["steps"]:
+            p = "–" if s["p_value"] is None else f"{s['p_value']:.3f}"
+            con.print(f"  {s['claim']}: reproduced diff {s['reproduced_diff']:+.4f}, Welch p = {p} → {s['verdict']}")
+    con.print("\nnotes:")
+    for n in NOTES:
+        con.print(f"  - {n}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,126 @@
+"""The objective: adapts an Optuna trial to the trainer and records what the trainer returns on the trial.
+
+The trainer never sees a trial. Here each epoch's mean accuracy becomes an intermediate value (learning curves in
+optuna-dashboard, and what pruners decide on), and the final per-seed metrics become user attributes.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from archsearch.data import Dataset
+from archsearch.models import count_params
+from archsearch.spec import Spec
+from archsearch.storage import claim_trial
+from archsearch.train import EpochReport, Protocol, RunResult, TrainResult, train
+
+__all__ = ["Hooks", "TrainingDiverged", "run_trial", "spec_attrs", "summarize"]
+
+SCALAR_METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+class TrainingDiverged(RuntimeError):
+    """Every run of the trial produced a non-finite loss."""
+
+
+@dataclass
+class Hooks:
+    """Progress callbacks from the study layer to whoever displays progress (the CLI)."""
+
+    on_trial: Callable[[str], None] = lambda label: None
+    on_step: Callable[[int, int], None] = lambda done, total: None
+    on_epoch: Callable[[EpochReport], None] = lambda report: None
+    on_result: Callable[[optuna.Trial, TrainResult], None] = field(default=lambda trial, result: None)
+
+
+def spec_attrs(spec: Spec) -> dict[str, Any]:
+    """What the dashboard and analysis need to know about an architecture."""
+    return {
+        "spec": str(spec),
+        "kind": spec.kind,
+        "params": count_params(spec),
+        "depth": spec.depth,
+        "widths": list(spec.widths),
+        "activation": spec.activation,
+    }
+
+
+def summarize(runs: Sequence[RunResult], split: str) -> dict[str, dict[str, Any]]:
+    """Per metric: the per-seed values, their mean and (sample) standard deviation, over runs that did not diverge."""
+    ok = [r for r in runs if not r.diverged]
+    out = {}
+    for name in SCALAR_METRICS:
+        values = [r.metrics[split][name] for r in ok]
+        out[name] = {
+            "values": values,
+            "mean": statistics.fmean(values) if values else math.nan,
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        }
+    return out
+
+
+def run_trial(
+    trial: optuna.Trial,
+    spec: Spec,
+    seeds: Sequence[int],
+    protocol: Protocol,
+    data: Dataset,
+    *,
+    device: Any = None,
+    objectives: Sequence[str] = ("accuracy",),
+    prune: bool = False,
+    hooks: Hooks | None = None,
+) -> float | tuple[float, ...]:
+    """Train ``spec`` once per seed (fused) for ``trial``; return the objective value(s).
+
+    The objective is the mean accuracy on the monitored split: ``val`` when the data has one (searches), else
+    ``test`` (the report's protocol, which has no validation set). ``params`` as a second objective is the count.
+    """
+    hooks = hooks or Hooks()
+    claim_trial(trial)
+    for key, value in spec_attrs(spec).items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("seeds", list(seeds))
+    trial.set_user_attr("protocol", protocol.to_dict())
+
+    def on_epoch(report: EpochReport) -> None:
+        hooks.on_epoch(report)
+        if not math.isnan(report.mean_accuracy):
+            trial.report(report.mean_accuracy, report.epoch)
+        if all(report.diverged):
+            raise TrainingDiverged(f"loss became NaN or infinite in every run by epoch {report.epoch}")
+        if prune and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {report.epoch}")
+
+    hooks.on_trial(str(spec))
+    try:
+        result = train(spec, seeds, protocol, data, device=device, on_epoch=on_epoch, on_step=hooks.on_step)
+    except TrainingDiverged as err:
+        trial.set_user_attr("fail_reason", str(err))
+        raise
+    monitor = "val" if "val" in data.evals else "test"
+    trial.set_user_attr("monitor", monitor)
+    trial.set_user_attr("diverged_seeds", [r.seed for r in result.runs if r.diverged])
+    trial.set_user_attr("seconds", round(result.seconds, 2))
+    for split in data.evals:
+        summary = summarize(result.runs, split)
+        trial.set_user_attr(split, {k: {"mean": v["mean"], "std": v["std"]} for k, v in summary.items()})
+        trial.set_user_attr(f"{split}_per_seed", {k: v["values"] for k, v in summary.items()})
+    trial.set_user_attr(
+        "test_detail",
+        {
+            str(r.seed): {k: r.metrics["test"][k] for k in ("per_class_accuracy", "confusion_matrix")}
+            for r in result.runs
+        },
+    )
+    hooks.on_result(trial, result)
+    value = summarize(result.runs, monitor)["accuracy"]["mean"]
+    if len(objectives) == 1:
+        return value
+    return tuple(value if o == "accuracy" else float(count_params(spec)) for o in objectives)

@@ -1,0 +1,228 @@
+"""`archsearch reproduce`: the report's table as fixed (enqueued) Optuna trials, resumable.
+
+One trial per (report row, loss). Its params are exactly ``{"row": i, "loss": "ce"}`` — what distinguishes the
+trials — and everything else (protocol, seeds) belongs to the study, so a study holds one protocol only. Rerunning
+the same command re-opens the study: finished trials are kept, trials of dead workers are failed and queued again,
+and only what is missing is trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from archsearch.data import Dataset
+from archsearch.errors import UserError
+from archsearch.objective import Hooks, TrainingDiverged, run_trial
+from archsearch.report import ReportRow, report_protocol, report_rows
+from archsearch.storage import fail_dead_trials, is_enqueued, trial_key
+from archsearch.train import Protocol
+
+__all__ = [
+    "Hooks",
+    "ReproduceConfig",
+    "Stats",
+    "collect_results",
+    "config_dict",
+    "open_reproduce_study",
+    "pending",
+    "run_reproduce",
+]
+
+STUDY_ATTR = "archsearch"
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    indexes: tuple[int, ...] = tuple(range(17))
+    losses: tuple[str, ...] = ("ce",)
+    runs: int = 5
+    first_seed: int = 42
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-3
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.runs))
+
+    def protocol(self, loss: str) -> Protocol:
+        return Protocol(self.epochs, self.batch_size, self.lr, self.weight_decay, loss)  # type: ignore[arg-type]
+
+    def study_protocol(self) -> dict[str, Any]:
+        """What must be the same for every trial of one study (the rows and losses may grow)."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "seeds": self.seeds,
+        }
+
+    def deviations(self) -> list[str]:
+        """Every change from the report's stated protocol, in words."""
+        ref = report_protocol()
+        out = []
+        for key in ("epochs", "batch_size", "lr", "weight_decay", "runs"):
+            if getattr(self, key) != ref[key]:
+                out.append(f"{key} {getattr(self, key)} (report: {ref[key]})")
+        if self.first_seed != ref["seed"]:
+            out.append(f"first seed {self.first_seed} (report: {ref['seed']})")
+        return out
+
+    def default_study_name(self) -> str:
+        ref = report_protocol()
+        parts = [
+            f"{short}{getattr(self, key)}"
+            for key, short in (
+                ("epochs", "e"),
+                ("runs", "r"),
+                ("batch_size", "b"),
+                ("lr", "lr"),
+                ("weight_decay", "wd"),
+            )
+            if getattr(self, key) != ref[key]
+        ]
+        if self.first_seed != ref["seed"]:
+            parts.append(f"s{self.first_seed}")
+        return "-".join(["report", *parts])
+
+
+@dataclass
+class Stats:
+    trained: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+
+def open_reproduce_study(storage: Any, study_name: str, cfg: ReproduceConfig) -> optuna.Study:
+    """Create or re-open the study, check it holds the same protocol, recover dead trials, queue missing ones."""
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True)
+    meta = study.user_attrs.get(STUDY_ATTR)
+    wanted = {"kind": "reproduce", "protocol": cfg.study_protocol()}
+    if meta is None:
+        study.set_user_attr(STUDY_ATTR, wanted)
+        study.set_user_attr("deviations_from_report", cfg.deviations())
+        study.set_user_attr("report_protocol", report_protocol())
+    elif meta != wanted:
+        raise UserError(
+            f"study {study_name!r} holds another protocol ({meta.get('kind')}: {meta.get('protocol')}); "
+            "choose another --study-name"
+        )
+    fail_dead_trials(study)
+    have = {
+        _key(t)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING))
+    }
+    rows = report_rows()
+    for i in cfg.indexes:
+        for loss in cfg.losses:
+            if (i, loss) not in have:
+                study.enqueue_trial({"row": i, "loss": loss}, user_attrs={"report_row": _row_attrs(rows[i])})
+    return study
+
+
+def _key(trial: optuna.trial.FrozenTrial) -> tuple[Any, Any]:
+    params = trial_key(trial)
+    return params.get("row"), params.get("loss")
+
+
+def _row_attrs(row: ReportRow) -> dict[str, Any]:
+    return {
+        "index": row.index,
+        "label": row.label,
+        "params": row.reported_params,
+        "acc": row.reported_acc,
+        "prec": row.reported_prec,
+        "rec": row.reported_rec,
+    }
+
+
+def run_reproduce(
+    study: optuna.Study, cfg: ReproduceConfig, data: Dataset, *, device: Any = None, hooks: Hooks | None = None
+) -> Stats:
+    """Train queued trials of the requested rows until none is left. Safe to run in several processes at once."""
+    stats = Stats()
+    rows = report_rows()
+
+    def objective(trial: optuna.Trial) -> float:
+        if not is_enqueued(trial):
+            # Another worker took the last queued trial between our check and Optuna's ask(): nothing to do.
+            trial.set_user_attr("archsearch:spurious", True)
+            raise optuna.TrialPruned("no queued report trial left")
+        row = trial.suggest_int("row", 0, len(rows) - 1)
+        loss = trial.suggest_categorical("loss", ["ce", "kl"])
+        value = run_trial(trial, rows[row].spec, cfg.seeds, cfg.protocol(str(loss)), data, device=device, hooks=hooks)
+        stats.trained.append(trial.number)
+        return float(value)  # type: ignore[arg-type]
+
+    while pending(study, cfg):
+        before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        study.optimize(objective, n_trials=1, catch=(TrainingDiverged,))
+        if len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) > before:
+            stats.failed.append(study.trials[-1].number)
+    return stats
+
+
+def collect_results(study: optuna.Study, cfg: ReproduceConfig) -> list[dict[str, Any]]:
+    """One row per (report row, loss) that has a complete trial: reproduced mean ± std beside the reported values."""
+    latest: dict[tuple[int, str], optuna.trial.FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        latest[(t.params["row"], t.params["loss"])] = t
+    rows = report_rows()
+    out = []
+    for i in cfg.indexes:
+        for loss in cfg.losses:
+            if (i, loss) not in latest:
+                continue
+            t = latest[(i, loss)]
+            ua, row = t.user_attrs, rows[i]
+            test, per_seed = ua["test"], ua["test_per_seed"]
+            out.append(
+                {
+                    "index": i,
+                    "label": row.label,
+                    "spec": ua["spec"],
+                    "loss": loss,
+                    "trial": t.number,
+                    "params": ua["params"],
+                    "reported_params": row.reported_params,
+                    "depth": ua["depth"],
+                    "activation": ua["activation"],
+                    "kind": ua["kind"],
+                    "n_runs": len(per_seed["accuracy"]),
+                    "seeds": ua["seeds"],
+                    "acc_mean": test["accuracy"]["mean"],
+                    "acc_std": test["accuracy"]["std"],
+                    "prec_mean": test["precision"]["mean"],
+                    "prec_std": test["precision"]["std"],
+                    "rec_mean": test["recall"]["mean"],
+                    "rec_std": test["recall"]["std"],
+                    "f1_mean": test["f1"]["mean"],
+                    "acc_per_seed": per_seed["accuracy"],
+                    "reported_acc": row.reported_acc,
+                    "reported_prec": row.reported_prec,
+                    "reported_rec": row.reported_rec,
+                    "acc_diff": test["accuracy"]["mean"] - row.reported_acc,
+                    "seconds": ua.get("seconds"),
+                }
+            )
+    return out
+
+
+def pending(study: optuna.Study, cfg: ReproduceConfig) -> list[optuna.trial.FrozenTrial]:
+    """Queued trials of the requested rows: what this run will train."""
+    wanted = set(rows_needed(cfg))
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if _key(t) in wanted]
+
+
+def config_dict(cfg: ReproduceConfig) -> dict[str, Any]:
+    return {**asdict(cfg), "seeds": cfg.seeds, "deviations": cfg.deviations()}
+
+
+def rows_needed(cfg: ReproduceConfig) -> Sequence[tuple[int, str]]:
+    return [(i, loss) for i in cfg.indexes for loss in cfg.losses]
