@@ -186,7 +186,7 @@ def _plots(results: Sequence[dict[str, Any]], out: Path) -> list[str]:
         plt.close(fig)
         written.append("accuracy_by_activation.png")
 
-    groups = [g for _, _, gs in COMPARISONS if _ == "2.5" for g in gs]
+    groups = [g for section, _, gs in COMPARISONS if section == "2.5" for g in gs]
     series = [[by_index[i] for i in g if i in by_index] for g in groups]
     series = [s for s in series if len(s) >= 2]
     if series:

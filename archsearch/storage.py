@@ -144,8 +144,8 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _is_dead_here(trial):
             try:
-                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 study._storage.set_trial_system_attr(trial._trial_id, "archsearch:fail_reason", "worker died")
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 failed.append(trial.number)
             except RuntimeError:  # another process finished or failed it first
                 pass

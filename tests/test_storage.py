@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from archsearch.errors import UserError
+from archsearch.storage import OWNER_ATTR, artifact_dir, fail_dead_trials, open_storage, storage_label
+
+
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("archsearch.db", "not a URL"),
+        ("sqlite://", "needs a file"),
+        ("sqlite:////nonexistent-dir/x.db", "not writable"),
+        ("journal:///", "needs a file"),
+        ("nosuchdialect://host/db", "cannot open storage"),
+        ("postgresql://user:secret@127.0.0.1:1/db", "cannot open storage"),
+    ],
+)
+def test_bad_storage_urls(url: str, fragment: str) -> None:
+    with pytest.raises(UserError, match=fragment) as info:
+        open_storage(url)
+    assert "secret" not in str(info.value)
+
+
+def test_password_is_hidden() -> None:
+    assert storage_label("postgresql://me:pw@db:5432/x") == "postgresql://me:***@db:5432/x"
+
+
+def test_artifact_dir_sits_next_to_the_database() -> None:
+    assert artifact_dir("sqlite:///runs/a.db") == Path("runs/a-artifacts")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_trials_of_dead_local_processes_are_failed(tmp_path: Path, kind: str) -> None:
+    url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal:///{tmp_path}/s.log"
+    study = optuna.create_study(storage=open_storage(url), study_name="s")
+    dead = study.ask()
+    alive = study.ask()
+    elsewhere = study.ask()
+    pid = os.fork()
+    if pid == 0:  # a child that exits at once: its PID is certainly dead after waitpid
+        os._exit(0)
+    os.waitpid(pid, 0)
+    storage = study._storage
+    storage.set_trial_system_attr(dead._trial_id, OWNER_ATTR, {"host": socket.gethostname(), "pid": pid})
+    storage.set_trial_system_attr(alive._trial_id, OWNER_ATTR, {"host": socket.gethostname(), "pid": os.getpid()})
+    storage.set_trial_system_attr(elsewhere._trial_id, OWNER_ATTR, {"host": "another-host", "pid": pid})
+    assert fail_dead_trials(study) == [dead.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {
+        dead.number: TrialState.FAIL,
+        alive.number: TrialState.RUNNING,
+        elsewhere.number: TrialState.RUNNING,
+    }
