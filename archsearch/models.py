@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from archsearch.spec import IMAGE_SHAPE, NUM_CLASSES, CNNSpec, ConvLayer, MLPSpec, PoolLayer, Spec
 
-__all__ = ["FusedModel", "activation_module", "build_model", "count_params", "init_model"]
+__all__ = ["FusedModel", "activation_module", "build_model", "count_params", "init_model", "macs_per_sample"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -68,6 +68,27 @@ def build_model(spec: Spec) -> nn.Sequential:
 def count_params(spec_or_model: Spec | nn.Module) -> int:
     model = spec_or_model if isinstance(spec_or_model, nn.Module) else build_model(spec_or_model)
     return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_sample(spec: Spec) -> int:
+    """Multiply-accumulates of one forward pass of one image (weights layers only): the unit of training cost."""
+    macs = 0
+    if isinstance(spec, CNNSpec):
+        c, h, w = IMAGE_SHAPE
+        for layer in spec.layers:
+            if isinstance(layer, ConvLayer):
+                h, w = h + 2 * layer.padding - layer.kernel + 1, w + 2 * layer.padding - layer.kernel + 1
+                macs += h * w * layer.channels * c * layer.kernel**2
+                c = layer.channels
+            else:
+                h, w = h // layer.size, w // layer.size
+        features, hidden = c * h * w, spec.fc
+    else:
+        features, hidden = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2], spec.hidden
+    for width in (*hidden, NUM_CLASSES):
+        macs += features * width
+        features = width
+    return macs
 
 
 def init_model(model: nn.Module, generator: torch.Generator) -> nn.Module:

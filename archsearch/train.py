@@ -25,7 +25,7 @@ from archsearch.metrics import classification_metrics
 from archsearch.models import FusedModel, build_model, init_model
 from archsearch.spec import MLPSpec, Spec
 
-__all__ = ["EpochReport", "Protocol", "RunResult", "TrainResult", "default_device", "train"]
+__all__ = ["EpochReport", "Protocol", "RunResult", "TrainResult", "default_device", "predict_plain", "train"]
 
 EVAL_CHUNK = 2000
 
@@ -113,6 +113,12 @@ def _predict(model: FusedModel, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
+@torch.no_grad()
+def predict_plain(models: Sequence[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Predicted classes (K, N) of K plain models, evaluated in fixed-size chunks (as export/evaluate does)."""
+    return torch.stack([torch.cat([m(c).argmax(-1) for c in x.split(EVAL_CHUNK)]).cpu() for m in models])
+
+
 def train(
     spec: Spec,
     seeds: Sequence[int],
@@ -180,7 +186,10 @@ def train(
             report = EpochReport(epoch, protocol.epochs, monitor, acc.tolist(), mean_loss.tolist(), diverged.tolist())
             on_epoch(report)
     model.eval()
-    final = {split: _predict(model, x).cpu() for split, (x, _) in data.evals.items()}
+    # Final metrics come from each run's *plain* model: the exact computation an exported checkpoint performs,
+    # so `archsearch evaluate` reproduces the recorded numbers bit for bit (batched kernels round differently).
+    plain_models = [model.unfuse(r).to(device).eval() for r in range(k)]
+    final = {split: predict_plain(plain_models, x) for split, (x, _) in data.evals.items()}
     steps_by_run = torch.stack(step_losses, dim=1).tolist() if record_steps else None
     runs = []
     for r, seed in enumerate(seeds):

@@ -1,0 +1,142 @@
+"""Side-by-side benchmark: the plain PyTorch loop against the archsearch trainer, in one run, on this machine.
+
+(a) plain: torchvision ``FashionMNIST`` + ``ToTensor`` through a ``DataLoader`` (batch 32, shuffled), one model per
+    run, default ``torch.optim.AdamW`` — the way tutorials and Optuna's PyTorch example train.
+(b) archsearch: the 5 runs of a report row fused into one model, whole-dataset tensors, fused AdamW.
+
+For each measured row it prints model-steps per second of both, their ratio, the archsearch trainer's achieved
+GFLOP/s and its share of the matrix-multiply peak measured in the same run, and finally the estimated wall time of the
+full reproduction (17 rows × 5 runs × 50 epochs), from a short measurement of every row.
+
+    python benchmarks/bench_trainer.py [--rows 6,10,15,16] [--steps 300] [--threads N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from archsearch.data import Dataset, default_data_dir, ensure_raw_files, load_dataset
+from archsearch.models import build_model, init_model, macs_per_sample
+from archsearch.report import report_rows
+from archsearch.train import Protocol, train
+
+RUNS, EPOCHS, BATCH, TRAIN_SIZE = 5, 50, 32, 60000
+
+
+def matmul_peak(seconds: float = 2.0, n: int = 2048) -> float:
+    """Best observed GFLOP/s of a float32 n×n matmul: the machine's practical peak for these kernels."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def plain_steps_per_s(spec: Any, steps: int) -> float:
+    """Model-steps per second of the textbook loop (one model)."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    ds = datasets.FashionMNIST(str(default_data_dir()), train=True, download=False, transform=transforms.ToTensor())
+    loader = DataLoader(ds, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
+    model = init_model(build_model(spec), torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-3)
+    it = iter(loader)
+    for i in range(steps + 20):  # 20 warm-up steps
+        if i == 20:
+            start = time.perf_counter()
+        x, y = next(it)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps / (time.perf_counter() - start)
+
+
+def fused_steps_per_s(spec: Any, steps: int, data: Dataset) -> float:
+    """Model-steps per second of the archsearch trainer with RUNS runs fused (one epoch of ``steps`` batches)."""
+    x, y = data.train_x, data.train_y
+    tiny_eval = {"test": (data.evals["test"][0][:BATCH], data.evals["test"][1][:BATCH])}
+    warm = Dataset(x[: 20 * BATCH], y[: 20 * BATCH], tiny_eval)
+    train(spec, list(range(RUNS)), Protocol(epochs=1), warm)
+    sub = Dataset(x[: steps * BATCH], y[: steps * BATCH], tiny_eval)
+    result = train(spec, list(range(RUNS)), Protocol(epochs=1), sub)
+    return RUNS * steps / result.seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="6,10,15,16")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per measurement")
+    parser.add_argument("--estimate-steps", type=int, default=100, help="steps per row for the full estimate")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ensure_raw_files(default_data_dir())
+    data = load_dataset()
+    rows = report_rows()
+    peak = matmul_peak()
+    measured = []
+    for i in (int(s) for s in args.rows.split(",")):
+        spec = rows[i].spec
+        plain = plain_steps_per_s(spec, args.steps)
+        fused = fused_steps_per_s(spec, args.steps, data)
+        gflops = fused * 6 * macs_per_sample(spec) * BATCH / 1e9  # forward 2·MAC, backward 4·MAC FLOPs
+        measured.append(
+            {
+                "row": i,
+                "spec": str(spec),
+                "plain_steps_per_s": plain,
+                "archsearch_steps_per_s": fused,
+                "ratio": fused / plain,
+                "gflops": gflops,
+                "peak_pct": 100 * gflops / peak,
+            }
+        )
+        if not args.json:
+            m = measured[-1]
+            print(
+                f"row {i:2d} {m['spec']:34s} plain {plain:8.0f}/s  archsearch {fused:8.0f}/s  "
+                f"x{m['ratio']:5.1f}  {gflops:6.1f} GFLOP/s = {m['peak_pct']:4.1f}% of peak",
+                file=sys.stderr,
+            )
+    total_s = 0.0
+    for row in rows:
+        rate = fused_steps_per_s(row.spec, args.estimate_steps, data)
+        total_s += RUNS * EPOCHS * (TRAIN_SIZE // BATCH) / rate
+    report = {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "matmul_peak_gflops": peak,
+        "rows": measured,
+        "full_reproduction_estimate_min": total_s / 60,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"matmul peak {peak:.0f} GFLOP/s with {report['threads']} thread(s), torch {torch.__version__}")
+        print("| row | spec | plain steps/s | archsearch steps/s | ratio | GFLOP/s | % of peak |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        for m in measured:
+            print(
+                f"| {m['row']} | `{m['spec']}` | {m['plain_steps_per_s']:.0f} | {m['archsearch_steps_per_s']:.0f} | "
+                f"{m['ratio']:.1f}× | {m['gflops']:.1f} | {m['peak_pct']:.0f}% |"
+            )
+        print(f"estimated full reproduction (17 rows × {RUNS} runs × {EPOCHS} epochs): {total_s / 60:.0f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
