@@ -272,6 +272,112 @@ def _print_reproduction(name: str, results: list[dict[str, Any]], comparisons: l
         con.print(f"  - {n}")
 
 
+class Sampler(StrEnum):
+    tpe = "tpe"
+    random = "random"
+    grid = "grid"
+    cmaes = "cmaes"
+    nsga2 = "nsga2"
+
+
+class Pruner(StrEnum):
+    median = "median"
+    hyperband = "hyperband"
+    none = "none"
+
+
+@app.command()
+def search(
+    space: Annotated[str, typer.Option(help="Space: mlp, cnn, or a TOML file (see studies/*.toml).")],
+    n_trials: Annotated[int, typer.Option(min=1, help="Target number of finished trials in the study.")] = 20,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per trial.")] = 10,
+    runs: Annotated[int, typer.Option(min=1, help="Seeds per trial, trained fused.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler, the validation split and the first run.")] = 42,
+    sampler: Annotated[Sampler, typer.Option(help="Optuna sampler.")] = Sampler.tpe,
+    pruner: Annotated[Pruner, typer.Option(help="Optuna pruner (per-epoch validation accuracy).")] = Pruner.median,
+    objectives: Annotated[
+        str, typer.Option(help="'accuracy' or 'accuracy,params' (maximise accuracy, minimise parameters).")
+    ] = "accuracy",
+    val_size: Annotated[int, typer.Option(min=1, help="Validation images held out of the training set.")] = 10000,
+    include_report: Annotated[
+        bool, typer.Option(help="Start with the report's architectures that fit the space.")
+    ] = False,
+    storage: StorageOpt = None,
+    study_name: StudyOpt = None,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Search an architecture space with Optuna; the objective is validation accuracy, never test."""
+    from archsearch import search as srch
+    from archsearch.data import default_data_dir, ensure_raw_files, load_dataset
+    from archsearch.objective import Hooks
+    from archsearch.spaces import load_space
+    from archsearch.storage import open_storage
+
+    sp = load_space(space)
+    cfg = srch.SearchConfig(
+        space=space, n_trials=n_trials, timeout=timeout, epochs=epochs, runs=runs, seed=seed,
+        sampler=sampler.value, pruner=pruner.value, objectives=tuple(o.strip() for o in objectives.split(",")),
+        val_size=val_size, include_report=include_report,
+    )  # fmt: skip
+    dev = _setup_torch(threads, device)
+    ensure_raw_files(data_dir or default_data_dir())
+    store = open_storage(storage)
+    name = study_name or f"search-{sp.name}"
+    study = srch.open_search_study(store, name, sp, cfg)
+    data = load_dataset(data_dir, val_size=val_size, split_seed=seed, device=dev)
+    with progress.bar(enabled=not json_) as bar:
+        done0 = srch.finished_trials(study)
+        overall = bar.add_task(f"study {name}: finished trials", total=n_trials, completed=min(done0, n_trials))
+        current = bar.add_task("", total=None, visible=False)
+        hooks = Hooks(
+            on_trial=lambda label: bar.update(current, description=f"  {label}", completed=0, visible=True),
+            on_step=lambda d, t: bar.update(current, completed=d, total=t),
+            on_epoch=lambda r: bar.update(
+                current, description=f"  epoch {r.epoch}/{r.epochs} val acc {r.mean_accuracy:.4f}"
+            ),
+        )
+
+        def tick(study_: Any, trial: Any) -> None:
+            bar.update(overall, completed=min(srch.finished_trials(study_), n_trials))
+
+        ran = srch.run_search(study, sp, cfg, data, device=dev, hooks=hooks, callbacks=[tick])
+    summary = srch.search_summary(study)
+    summary["ran_now"] = ran
+    if json_:
+        _emit_json(summary)
+        return
+    _print_search(summary)
+
+
+def _print_search(s: dict[str, Any]) -> None:
+    con = out()
+    con.print(f"study {s['study']}: {s['counts']} · ran now: {s['ran_now']}")
+    shown = s["pareto_front"] or ([s["best"]] if s["best"] else [])
+    table = Table(title="Pareto front (val accuracy vs parameters)" if s["pareto_front"] else "Best trial")
+    for col in ("trial", "spec", "params", "val acc", "test acc"):
+        table.add_column(col, justify="left" if col == "spec" else "right")
+    for r in shown:
+        table.add_row(
+            str(r["trial"]), r["spec"], f"{r['params']:,}", f"{r['val_acc']:.4f} ± {r['val_acc_std']:.4f}",
+            f"{r['test_acc']:.4f} ± {r['test_acc_std']:.4f}",
+        )  # fmt: skip
+    con.print(table)
+    for key, label in (("best_under_44374", "best ≤ 44,374 params"), ("best_under_100000", "best ≤ 100,000 params")):
+        r = s[key]
+        if r:
+            con.print(f"{label}: {r['spec']} ({r['params']:,}) val {r['val_acc']:.4f}, test {r['test_acc']:.4f}")
+    rb, rn = s["report_best"], s["report_nearest_params"]
+    con.print(f"report's best: row {rb['index']} ({rb['params']:,} params) test {rb['acc']:.4f}")
+    if rn:
+        con.print(f"report's row nearest in parameters: row {rn['index']} {rn['label']} ({rn['params']:,}) "
+                  f"test {rn['acc']:.4f}")  # fmt: skip
+    con.print(s["note"])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
     command = typer.main.get_command(app)

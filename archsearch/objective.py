@@ -89,10 +89,15 @@ def run_trial(
     trial.set_user_attr("seeds", list(seeds))
     trial.set_user_attr("protocol", protocol.to_dict())
 
+    curve: list[float] = []
+
     def on_epoch(report: EpochReport) -> None:
         hooks.on_epoch(report)
-        if not math.isnan(report.mean_accuracy):
-            trial.report(report.mean_accuracy, report.epoch)
+        curve.append(report.mean_accuracy)
+        if len(objectives) == 1 and not math.isnan(report.mean_accuracy):
+            trial.report(report.mean_accuracy, report.epoch)  # learning curve in the dashboard, pruners' input
+        else:  # Optuna has no intermediate values for multi-objective trials: keep the curve as an attribute
+            trial.set_user_attr("curve", curve)
         if all(report.diverged):
             raise TrainingDiverged(f"loss became NaN or infinite in every run by epoch {report.epoch}")
         if prune and trial.should_prune():

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from archsearch.errors import UserError
+from archsearch.models import count_params
+from archsearch.report import report_rows
+from archsearch.spaces import SpaceError, load_space, spec_or_reason
+from archsearch.spec import MLPSpec
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "small_cnn.toml"
+
+
+def sample_many(space_name: str, n: int = 60) -> list[object]:
+    space = load_space(space_name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        spec, _, reason = spec_or_reason(space, trial)
+        out.append((spec, reason, trial.params))
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_mlp_space_is_conditional() -> None:
+    for spec, reason, params in sample_many("mlp"):
+        assert isinstance(spec, MLPSpec) and reason is None
+        depth = params["depth"]
+        widths = [k for k in params if k.startswith("width_")]
+        # per-layer widths exist only up to the sampled depth (all of them only for the free shape)
+        assert len(widths) == (depth if params.get("shape", "free") == "free" else min(depth, 1))
+        assert spec.depth == depth and all(4 <= w <= 1024 for w in params.values() if isinstance(w, int) and w > 6)
+
+
+def test_cnn_space_respects_the_budget() -> None:
+    results = sample_many("cnn")
+    ok = [spec for spec, reason, _ in results if reason is None]
+    rejected = [reason for spec, reason, _ in results if reason is not None]
+    assert ok and rejected  # both happen in a random sample
+    assert all(count_params(s) <= 100000 for s in ok)  # type: ignore[arg-type]
+    assert all("max_params" in r or "invalid architecture" in r for r in rejected)
+    kernels = {p[k] for _, _, p in results for k in p if k.startswith("kernel_")}
+    assert kernels == {3, 5, 7}
+
+
+def test_report_rows_that_fit() -> None:
+    mlp, cnn = load_space("mlp"), load_space("cnn")
+    rows = report_rows()
+    assert [r.index for r in rows if mlp.report_params(r) is not None] == list(range(16))
+    assert [r.index for r in rows if cnn.report_params(r) is not None] == [16]
+    # the enqueued parameters really make the space build the report's architecture
+    for row in (rows[15], rows[16]):
+        space = cnn if row.index == 16 else mlp
+        study = optuna.create_study()
+        study.enqueue_trial(space.report_params(row))  # type: ignore[arg-type]
+        spec, _, reason = spec_or_reason(space, study.ask())
+        assert spec == row.spec and reason is None
+
+
+def test_example_space_loads_and_samples() -> None:
+    space = load_space(str(EXAMPLE))
+    assert space.kind == "cnn" and space.max_params == 44374 and "lr" in space.optimizer
+    spec, overrides, _ = spec_or_reason(space, optuna.create_study().ask())
+    assert spec is not None and 3e-4 <= overrides["lr"] <= 3e-3
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('kind = "mlp"\ndepth = { low = 0, high = 3 }\nwidht = { low = 4, high = 8 }\n', ":3: unknown key 'widht'"),
+        ('kind = "rnn"\n', "must be 'mlp' or 'cnn'"),
+        ('kind = "mlp"\nactivation = { choices = ["relu", "swish"] }\n', ":2: 'activation' values must be among"),
+        ('kind = "mlp"\nwidth = { low = 0, high = 8 }\n', "'width' must be integers >= 1"),
+        ('kind = "mlp"\nwidth = { low = 8, high = 4 }\n', "low <= high"),
+        ('kind = "mlp"\nwidth = { low = 4 }\n', "needs low and high"),
+        ('kind = "mlp"\nwidth = { low = 4, high = 8, lgo = true }\n', "unknown field(s) lgo"),
+        ('kind = "cnn"\nkernel = { choices = [0] }\n', "'kernel' must be integers >= 1"),
+        ('kind = "cnn"\n[optimizer]\nmomentum = 0.9\n', ":3: unknown optimizer key 'momentum'"),
+        ('kind = "cnn"\nmax_params = -5\n', "'max_params' must be a positive integer"),
+        ('kind = "mlp"\ndepth = [0, 3\n', "TOML syntax error"),
+    ],
+)
+def test_bad_space_files_name_line_and_key(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        load_space(str(path))
+    assert fragment in str(info.value) and str(path) in str(info.value)
+
+
+def test_unknown_space_name() -> None:
+    with pytest.raises(SpaceError, match="unknown space 'transformer'"):
+        load_space("transformer")
+    with pytest.raises(UserError, match="file not found"):
+        load_space("missing.toml")
+
+
+def test_grid_needs_a_finite_space(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('kind = "mlp"\ndepth = { low = 1, high = 2 }\nwidth = { choices = [8, 16] }\n')
+    grid = load_space(str(path)).grid()
+    assert grid["depth"] == [1, 2] and grid["width_2"] == [8, 16]
+    with pytest.raises(SpaceError, match="finite"):
+        load_space("mlp").grid()
