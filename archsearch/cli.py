@@ -187,6 +187,7 @@ def reproduce(
     """Reproduce the report's table as fixed Optuna trials; rerun to resume."""
     from archsearch import compare
     from archsearch import reproduce as rep
+    from archsearch.artifacts import artifact_store
     from archsearch.data import default_data_dir, ensure_raw_files, load_dataset
     from archsearch.report import parse_indexes
     from archsearch.storage import open_storage
@@ -229,7 +230,12 @@ def reproduce(
             on_epoch=on_epoch,
             on_result=on_result,
         )
-        stats = rep.run_reproduce(study, cfg, data, device=dev, hooks=hooks) if data is not None else rep.Stats()
+        store_a = artifact_store(storage)
+        stats = (
+            rep.run_reproduce(study, cfg, data, device=dev, hooks=hooks, artifact_store=store_a)
+            if data is not None
+            else rep.Stats()
+        )
     results = rep.collect_results(study, cfg)
     comparisons = compare.compare(results)
     meta = {**rep.config_dict(cfg), "study": name, "storage": storage or "sqlite:///archsearch.db",
@@ -312,6 +318,7 @@ def search(
 ) -> None:
     """Search an architecture space with Optuna; the objective is validation accuracy, never test."""
     from archsearch import search as srch
+    from archsearch.artifacts import artifact_store
     from archsearch.data import default_data_dir, ensure_raw_files, load_dataset
     from archsearch.objective import Hooks
     from archsearch.spaces import load_space
@@ -344,7 +351,9 @@ def search(
         def tick(study_: Any, trial: Any) -> None:
             bar.update(overall, completed=min(srch.finished_trials(study_), n_trials))
 
-        ran = srch.run_search(study, sp, cfg, data, device=dev, hooks=hooks, callbacks=[tick])
+        ran = srch.run_search(
+            study, sp, cfg, data, device=dev, hooks=hooks, callbacks=[tick], artifact_store=artifact_store(storage)
+        )
     summary = srch.search_summary(study)
     summary["ran_now"] = ran
     if json_:
@@ -376,6 +385,131 @@ def _print_search(s: dict[str, Any]) -> None:
         con.print(f"report's row nearest in parameters: row {rn['index']} {rn['label']} ({rn['params']:,}) "
                   f"test {rn['acc']:.4f}")  # fmt: skip
     con.print(s["note"])
+
+
+def _print_tables(tables: list[tuple[str, list[str], list[list[str]]]]) -> None:
+    con = out()
+    for title, headers, rows in tables:
+        table = Table(title=title)
+        for h in headers:
+            table.add_column(h)
+        for r in rows:
+            table.add_row(*r)
+        con.print(table)
+
+
+class Format(StrEnum):
+    torchscript = "torchscript"
+    onnx = "onnx"
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Option(help="Study name.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for model.safetensors and config.json.")],
+    storage: StorageOpt = None,
+    trial: Annotated[
+        int | None, typer.Option(help="Trial number; default the best (required if multi-objective).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Which run (seed) of the trial; default the best one.")] = None,
+    format_: Annotated[
+        list[Format] | None, typer.Option("--format", help="Also write torchscript and/or onnx.")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Export a trial's trained model as safetensors + config.json, loadable without Optuna."""
+    from archsearch.export import ParetoChoiceNeeded, export_trial
+
+    try:
+        result = export_trial(storage, study, out_dir, trial, seed, [f.value for f in format_ or []])
+    except ParetoChoiceNeeded as err:
+        if not json_:
+            rows = [[str(p["number"]), str(p["spec"]), ", ".join(f"{v:g}" for v in p["values"])] for p in err.front]
+            _print_tables([("Pareto front: choose one with --trial", ["trial", "spec", "values"], rows)])
+        raise
+    if json_:
+        _emit_json(result)
+        return
+    cfg = result["config"]
+    src = cfg.get("source", {})
+    out().print(f"exported trial {src.get('trial')} seed {cfg.get('seed')} ({cfg.get('spec')}) to {result['out']}: "
+                f"{', '.join(result['files'])}")  # fmt: skip
+
+
+@app.command()
+def evaluate(
+    directory: Annotated[Path, typer.Argument(help="An exported checkpoint directory.")],
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Rebuild an exported model and recompute its test metrics; they must equal the recorded ones."""
+    from archsearch.export import evaluate_checkpoint
+
+    _setup_torch(threads, "cpu")
+    result = evaluate_checkpoint(directory, data_dir)
+    if json_:
+        _emit_json(result)
+        return
+    m, rec = result["metrics"], result.get("recorded") or {}
+    rows = [[k, f"{m[k]:.6f}", f"{rec[k]:.6f}" if k in rec else "–"] for k in ("accuracy", "precision", "recall", "f1")]
+    _print_tables([(f"{result['spec']} seed {result['seed']} · test set", ["metric", "now", "recorded"], rows)])
+    out().print("matches the study's record exactly" if result["matches_recorded"] else "DIFFERS from the record")
+
+
+@app.command()
+def predict(
+    directory: Annotated[Path, typer.Argument(help="An exported checkpoint directory.")],
+    images: Annotated[list[Path], typer.Argument(help="Images (28x28 grayscale; others are resized).")],
+    json_: JsonOpt = False,
+) -> None:
+    """Classify images with an exported model."""
+    from archsearch.export import predict_images
+
+    results = predict_images(directory, images)
+    if json_:
+        _emit_json(results)
+        return
+    for r in results:
+        for w in r["warnings"]:
+            sys.stderr.write(f"archsearch: warning: {r['path']}: {w}\n")
+    rows = [[str(r["path"]), r["class"], f"{r['probability']:.3f}"] for r in results]
+    _print_tables([("Predictions", ["image", "class", "probability"], rows)])
+
+
+@app.command()
+def analyze(
+    study: Annotated[str, typer.Option(help="Study name (reproduce or search).")],
+    storage: StorageOpt = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write PNG plots and ANALYSIS.md here.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Effects of depth, parameter count and activation in a study; importances for searches."""
+    from archsearch.analyze import analyze_study, format_tables, write_analysis
+    from archsearch.compare import check_writable
+
+    if out_dir is not None:
+        check_writable(out_dir)
+    result = analyze_study(storage, study)
+    written = write_analysis(result, out_dir) if out_dir is not None else []
+    if json_:
+        _emit_json(result)
+        return
+    _print_tables(format_tables(result))
+    if written:
+        out().print(f"wrote {', '.join(written)} to {out_dir}")
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; localhost unless you mean otherwise.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard for the storage and its artifacts (weights)."""
+    from archsearch.dashboard import serve
+
+    serve(storage, host=host, port=port, on_ready=lambda url: out().print(f"optuna-dashboard: {url}  (Ctrl-C stops)"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from archsearch.artifacts import save_trial_weights
 from archsearch.data import Dataset
 from archsearch.models import count_params
 from archsearch.spec import Spec
@@ -76,6 +77,7 @@ def run_trial(
     objectives: Sequence[str] = ("accuracy",),
     prune: bool = False,
     hooks: Hooks | None = None,
+    artifact_store: Any = None,
 ) -> float | tuple[float, ...]:
     """Train ``spec`` once per seed (fused) for ``trial``; return the objective value(s).
 
@@ -124,6 +126,8 @@ def run_trial(
             for r in result.runs
         },
     )
+    if artifact_store is not None:  # every run's weights, as an Optuna artifact the dashboard lists
+        save_trial_weights(trial, result, artifact_store)
     hooks.on_result(trial, result)
     value = summarize(result.runs, monitor)["accuracy"]["mean"]
     if len(objectives) == 1:

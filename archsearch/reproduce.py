@@ -143,7 +143,13 @@ def _row_attrs(row: ReportRow) -> dict[str, Any]:
 
 
 def run_reproduce(
-    study: optuna.Study, cfg: ReproduceConfig, data: Dataset, *, device: Any = None, hooks: Hooks | None = None
+    study: optuna.Study,
+    cfg: ReproduceConfig,
+    data: Dataset,
+    *,
+    device: Any = None,
+    hooks: Hooks | None = None,
+    artifact_store: Any = None,
 ) -> Stats:
     """Train queued trials of the requested rows until none is left. Safe to run in several processes at once."""
     stats = Stats()
@@ -156,7 +162,10 @@ def run_reproduce(
             raise optuna.TrialPruned("no queued report trial left")
         row = trial.suggest_int("row", 0, len(rows) - 1)
         loss = trial.suggest_categorical("loss", ["ce", "kl"])
-        value = run_trial(trial, rows[row].spec, cfg.seeds, cfg.protocol(str(loss)), data, device=device, hooks=hooks)
+        spec, protocol = rows[row].spec, cfg.protocol(str(loss))
+        value = run_trial(
+            trial, spec, cfg.seeds, protocol, data, device=device, hooks=hooks, artifact_store=artifact_store
+        )
         stats.trained.append(trial.number)
         return float(value)  # type: ignore[arg-type]
 

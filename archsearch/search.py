@@ -152,6 +152,7 @@ def run_search(
     device: Any = None,
     hooks: Hooks | None = None,
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    artifact_store: Any = None,
 ) -> int:
     """Run trials until the study has ``cfg.n_trials`` finished ones (or the timeout); returns how many ran now."""
     if "val" not in data.evals:
@@ -185,6 +186,7 @@ def run_search(
             objectives=cfg.objectives,
             prune=not multi,
             hooks=hooks,
+            artifact_store=artifact_store,
         )
 
     remaining = cfg.n_trials - finished_trials(study)

@@ -1,0 +1,723 @@
+"""`archsearch analyze`: what a finished (or running) study says, as plain data, tables, plots and Markdown.
+
+Every number comes from the trials' user attributes written by :func:`archsearch.objective.run_trial`, so the
+analysis needs no training, no data set and no GPU, and it works on any storage the other commands use.
+
+Which accuracy: the analysis uses the accuracy the study *monitored* — validation accuracy for searches (what the
+sampler saw, so choosing a model on it does not touch the test set), test accuracy for reproductions (the report's
+protocol has no validation split). Test accuracy is shown beside it for every trial, for reporting only.
+
+The questions answered, and why in this form:
+
+- **Pareto front** over (accuracy ↑, parameters ↓): the trade-off every architecture comparison is really about. It
+  is computed here, not taken from ``study.best_trials``, so that single-objective studies get one too.
+- **Depth at similar size**: depth and parameter count move together, so depth is only compared *within* bands of
+  similar parameter count. Bands have fixed log-spaced edges (powers of ``band_factor``, default 2): a trial's band
+  depends on its own size only, so adding trials never reshuffles the others. Families (MLP, CNN) and losses are
+  kept apart, since a CNN's "depth" counts conv layers.
+- **Activation**: compared on otherwise identical architectures and protocols where the study has them (the
+  report's rows 1–6); otherwise pooled over all trials, which the result says, because pooling mixes sizes.
+- **Hyperparameter importance** (search studies): Optuna's PED-ANOVA, which copes with the conditional
+  per-layer parameters of archsearch's spaces; skipped with a reason when there are too few trials to mean anything.
+- **The report** (reproduce studies): :func:`archsearch.compare.compare` on the rows of
+  :func:`archsearch.reproduce.collect_results`, i.e. exactly what ``archsearch reproduce`` reports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from archsearch.errors import UserError
+
+__all__ = [
+    "BAND_FACTOR",
+    "MIN_IMPORTANCE_TRIALS",
+    "activation_effect",
+    "analyze",
+    "analyze_study",
+    "depth_effect",
+    "format_tables",
+    "markdown",
+    "pareto_front",
+    "trial_row",
+    "write_analysis",
+]
+
+BAND_FACTOR = 2.0
+# PED-ANOVA compares the best trials with the rest; Optuna advises at least 5 trials in the "best" part, and with
+# fewer than 10 trials in all the best part would be half the study: importances of nothing in particular.
+MIN_IMPORTANCE_TRIALS = 10
+ACTIVATION_ORDER = ("sigmoid", "tanh", "hardtanh", "mish", "leakyrelu", "relu", "gelu", "silu", "elu")
+METRIC_NAMES = {"val": "validation accuracy", "test": "test accuracy"}
+
+
+# --------------------------------------------------------------------------------------------------- trials to rows
+
+
+def _accuracy(attrs: Mapping[str, Any], split: str) -> tuple[float, float, list[float]] | None:
+    """(mean, std, per-seed values) of ``split`` accuracy, or None when the trial did not record it."""
+    try:
+        summary = attrs[split]["accuracy"]
+        mean, std = float(summary["mean"]), float(summary["std"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    per_seed = attrs.get(f"{split}_per_seed", {})
+    values = per_seed.get("accuracy") if isinstance(per_seed, Mapping) else None
+    return mean, std, [float(v) for v in values] if isinstance(values, list) else []
+
+
+def trial_row(trial: FrozenTrial) -> dict[str, Any] | None:
+    """One complete trial as a flat dict, or None if it lacks what ``run_trial`` records (then it is not ours)."""
+    ua = trial.user_attrs
+    monitor = ua.get("monitor") or ("val" if "val" in ua else "test")
+    monitored, test = _accuracy(ua, monitor), _accuracy(ua, "test")
+    if monitored is None or test is None or "spec" not in ua or "params" not in ua or not math.isfinite(monitored[0]):
+        return None
+    report_row = ua.get("report_row")  # reproduce: a dict describing the report's row; search: the row's index
+    protocol: Mapping[str, Any] = ua["protocol"] if isinstance(ua.get("protocol"), Mapping) else {}
+    return {
+        "number": trial.number,
+        "spec": str(ua["spec"]),
+        "kind": ua.get("kind"),
+        "params": int(ua["params"]),
+        "depth": ua.get("depth"),
+        "widths": ua.get("widths"),
+        "activation": ua.get("activation"),
+        "loss": protocol.get("loss"),
+        "protocol": dict(protocol),
+        "monitor": monitor,
+        "acc_mean": monitored[0],
+        "acc_std": monitored[1],
+        "acc_per_seed": monitored[2] or [monitored[0]],
+        "test_acc_mean": test[0],
+        "test_acc_std": test[1],
+        "test_acc_per_seed": test[2] or [test[0]],
+        "seeds": ua.get("seeds"),
+        "hyperparameters": dict(trial.params),
+        "report_row": report_row.get("index") if isinstance(report_row, Mapping) else report_row,
+        "seconds": ua.get("seconds"),
+        "pareto": False,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ the analyses
+
+
+def pareto_front(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Trial numbers not dominated in (``acc_mean`` max, ``params`` min), sorted by parameter count.
+
+    A trial is dominated when another is at least as accurate with at most as many parameters, and strictly better
+    in one of the two; exact ties both stay on the front (as in Optuna). Sort and sweep: O(n log n).
+    """
+    by_params: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_params[int(r["params"])].append(r)
+    front: list[int] = []
+    best_smaller = -math.inf  # the best accuracy of any model with fewer parameters
+    for params in sorted(by_params):
+        group = by_params[params]
+        top = max(float(r["acc_mean"]) for r in group)
+        if top > best_smaller:
+            front += sorted(int(r["number"]) for r in group if float(r["acc_mean"]) == top)
+        best_smaller = max(best_smaller, top)
+    return front
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    return {
+        "n_runs": len(values),
+        "mean": statistics.fmean(values) if values else math.nan,
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def _group_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over every run (seed) of the given trials, and which trial was best."""
+    values = [v for r in rows for v in r["acc_per_seed"]]
+    best = max(rows, key=lambda r: r["acc_mean"])
+    return {
+        "n_trials": len(rows),
+        **_stats(values),
+        "trials": sorted(int(r["number"]) for r in rows),
+        "best_trial": int(best["number"]),
+        "best_spec": best["spec"],
+    }
+
+
+def _band(params: int, factor: float) -> tuple[int, int]:
+    """The fixed log-spaced band [factor**k, factor**(k+1)) holding ``params``, as integer bounds."""
+    k = math.floor(math.log(max(params, 1)) / math.log(factor) + 1e-9)
+    return math.ceil(factor**k), math.ceil(factor ** (k + 1))
+
+
+def _compact(n: float) -> str:
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{suffix}"
+    return f"{n:.0f}"
+
+
+def depth_effect(rows: Sequence[Mapping[str, Any]], band_factor: float = BAND_FACTOR) -> list[dict[str, Any]]:
+    """Per (family, loss, parameter band) holding at least two depths: accuracy per depth, mean ± std over runs."""
+    if band_factor <= 1:
+        raise UserError(f"the band factor must be above 1, got {band_factor}")
+    groups: dict[tuple[str, str, int, int], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if isinstance(r.get("depth"), int):
+            low, high = _band(int(r["params"]), band_factor)
+            groups[(str(r.get("kind")), str(r.get("loss")), low, high)].append(r)
+    losses = {key[1] for key in groups}
+    out = []
+    for (kind, loss, low, high), members in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
+        by_depth: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+        for r in members:
+            by_depth[int(r["depth"])].append(r)
+        if len(by_depth) < 2:
+            continue
+        label = f"{kind} {_compact(low)}–{_compact(high)} params" + (f" ({loss})" if len(losses) > 1 else "")
+        depths = [{"depth": d, **_group_stats(by_depth[d])} for d in sorted(by_depth)]
+        out.append(
+            {
+                "kind": kind,
+                "loss": loss,
+                "low": low,
+                "high": high,
+                "label": label,
+                "depths": depths,
+                "best_depth": max(depths, key=lambda d: d["mean"])["depth"],
+            }
+        )
+    return out
+
+
+def _architecture(row: Mapping[str, Any]) -> str:
+    """The spec without its activation: what must be equal for a fair activation comparison."""
+    spec, act = str(row["spec"]), str(row.get("activation"))
+    return spec[: -len(act) - 1] if spec.endswith("-" + act) else spec
+
+
+def activation_effect(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Accuracy per activation, mean ± std over runs.
+
+    ``mode="matched"``: one group per architecture and protocol that was trained with several activations, so the
+    activation is the only difference. ``mode="pooled"`` (no such group): one group over all trials, which mixes
+    sizes and depths and says so. Models without hidden layers (``mlp:linear``) use no activation and are left out.
+    """
+    usable = [r for r in rows if r.get("activation") and r.get("depth")]
+    matched: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in usable:
+        matched[(_architecture(r), json.dumps(r.get("protocol") or {}, sort_keys=True))].append(r)
+    candidates = [(key, rs) for key, rs in matched.items() if len({r["activation"] for r in rs}) >= 2]
+    losses = {r.get("loss") for _, rs in candidates for r in rs}
+    mode = "matched" if candidates else "pooled"
+    if not candidates:
+        candidates = [(("all trials (pooled: mixes sizes and depths)", ""), usable)] if usable else []
+    groups = []
+    for (arch, _), rs in sorted(candidates, key=lambda kv: kv[0][0]):
+        by_act: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for r in rs:
+            by_act[str(r["activation"])].append(r)
+        order = sorted(by_act, key=lambda a: (ACTIVATION_ORDER.index(a) if a in ACTIVATION_ORDER else 99, a))
+        loss = rs[0].get("loss")
+        label = arch + (f" ({loss})" if mode == "matched" and len(losses) > 1 else "")
+        acts = [{"activation": a, **_group_stats(by_act[a])} for a in order]
+        groups.append(
+            {
+                "label": label,
+                "architecture": arch,
+                "loss": loss,
+                "activations": acts,
+                "best": max(acts, key=lambda a: a["mean"])["activation"],
+            }
+        )
+    return {"mode": mode, "groups": groups}
+
+
+def _importances(study: optuna.Study, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | None, str | None]:
+    """PED-ANOVA importances for the monitored accuracy and (multi-objective studies) for reaching the Pareto front.
+
+    Returns (importances, None) or (None, the reason they were skipped). Importances are normalised to sum to 1
+    here rather than by Optuna, which turns all-zero importances into equal shares that look like a finding.
+    """
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    n = len(rows)
+    if n < MIN_IMPORTANCE_TRIALS:
+        return None, f"too few complete trials for importances ({n} < {MIN_IMPORTANCE_TRIALS})"
+    if not any(r["hyperparameters"] for r in rows):
+        return None, "the trials have no hyperparameters"
+    acc = {int(r["number"]): float(r["acc_mean"]) for r in rows}
+    # Top 10% of trials against all, but never fewer than 5 trials in the top part (Optuna's advice).
+    evaluator = PedAnovaImportanceEvaluator(target_quantile=min(0.5, max(0.1, 5 / n)))
+    targets: dict[str, Any] = {"accuracy": lambda t: -acc.get(t.number, math.nan)}  # PED-ANOVA minimises
+    if len(study.directions) > 1:
+        targets["pareto"] = None  # Optuna ranks multi-objective trials by non-domination
+    out: dict[str, Any] = {}
+    for name, target in targets.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental-API and "importances may be inaccurate" warnings
+                raw = get_param_importances(study, evaluator=evaluator, target=target, normalize=False)
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            return None, f"Optuna could not compute importances: {err}"
+        total = sum(raw.values())
+        out[name] = {k: (float(v) / total if total > 0 else 0.0) for k, v in raw.items()}
+    if not any(v for values in out.values() for v in values.values()):
+        return None, "no hyperparameter separates the best trials from the rest (all importances are 0)"
+    return out, None
+
+
+class _ReportTrials:
+    """What :func:`archsearch.reproduce.collect_results` reads of a study (``get_trials``), limited to the trials
+    that are report rows with archsearch's metrics, so that a stray trial cannot break the comparison."""
+
+    def __init__(self, trials: Sequence[FrozenTrial]) -> None:
+        self._trials = list(trials)
+
+    def get_trials(self, deepcopy: bool = False, states: Iterable[TrialState] | None = None) -> list[FrozenTrial]:
+        wanted = None if states is None else set(states)
+        return [t for t in self._trials if wanted is None or t.state in wanted]
+
+
+def _report_comparison(
+    study: optuna.Study, rows: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The reproduction against the report: ``collect_results`` rows and ``compare`` verdicts, per loss."""
+    from archsearch import reproduce as rep
+    from archsearch.compare import compare
+    from archsearch.report import report_rows
+
+    n_rows = len(report_rows())
+    usable = {int(r["number"]) for r in rows}
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.number in usable
+        and isinstance(t.params.get("row"), int)
+        and 0 <= t.params["row"] < n_rows
+        and isinstance(t.params.get("loss"), str)
+    ]
+    if not trials:
+        return None, "no complete trial of a report row"
+    indexes = sorted({t.params["row"] for t in trials})
+    losses = sorted({t.params["loss"] for t in trials}, key=lambda s: (s != "ce", s))
+    cfg = rep.ReproduceConfig(indexes=tuple(indexes), losses=tuple(losses))
+    try:
+        results = rep.collect_results(cast(optuna.Study, _ReportTrials(trials)), cfg)
+    except (KeyError, TypeError) as err:
+        return None, f"a report trial lacks the recorded metric {err}"
+    comparisons = [{"loss": loss, **c} for loss in losses for c in compare([r for r in results if r["loss"] == loss])]
+    return {
+        "results": results,
+        "comparisons": comparisons,
+        "deviations": list(study.user_attrs.get("deviations_from_report") or []),
+    }, None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: NaN/inf become None (JSON has no NaN), numpy scalars become Python numbers, tuples lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def analyze(study: optuna.Study, band_factor: float = BAND_FACTOR) -> dict[str, Any]:
+    """The whole analysis of an open study, as plain JSON-ready data (see the module docstring for the why)."""
+    meta = study.user_attrs.get("archsearch")
+    kind = str(meta.get("kind")) if isinstance(meta, Mapping) and meta.get("kind") else "other"
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name.lower() for t in trials)
+    rows, skipped = [], []
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            row = trial_row(t)
+            if row is None:
+                skipped.append(t.number)
+            else:
+                rows.append(row)
+    rows.sort(key=lambda r: r["number"])
+    front = pareto_front(rows)
+    on_front = set(front)
+    for r in rows:
+        r["pareto"] = r["number"] in on_front
+    monitors = Counter(r["monitor"] for r in rows)
+    monitor = monitors.most_common(1)[0][0] if monitors else ("val" if kind == "search" else "test")
+    notes = []
+    if skipped:
+        notes.append(f"complete trials without archsearch's metrics were left out: {skipped}")
+    if len(monitors) > 1:
+        notes.append(f"trials monitored different splits ({dict(monitors)}); accuracies are not all comparable")
+
+    importances: dict[str, Any] | None = None
+    reason: str | None = "importances are computed for search studies only"
+    report: dict[str, Any] | None = None
+    if kind == "reproduce":  # its Optuna parameters (report row, loss) are labels, not hyperparameters
+        report, report_note = _report_comparison(study, rows)
+        if report_note:
+            notes.append(report_note)
+    else:
+        importances, reason = _importances(study, rows)
+        if reason:
+            notes.append(reason)
+    return _plain(
+        {
+            "study": study.study_name,
+            "kind": kind,
+            "meta": meta,
+            "directions": [d.name.lower() for d in study.directions],
+            "monitor": monitor,
+            "metric": METRIC_NAMES.get(monitor, f"{monitor} accuracy"),
+            "counts": dict(counts),
+            "n_complete": len(rows),
+            "rows": rows,
+            "pareto_front": front,
+            "band_factor": band_factor,
+            "depth_effect": depth_effect(rows, band_factor),
+            "activation_effect": activation_effect(rows),
+            "importances": importances,
+            "importance_note": reason,
+            "report": report,
+            "notes": notes,
+        }
+    )
+
+
+def analyze_study(storage_url: str | None, study_name: str, band_factor: float = BAND_FACTOR) -> dict[str, Any]:
+    """Open ``study_name`` in ``storage_url`` (as every command does) and :func:`analyze` it.
+
+    An unknown name is a ``UserError`` that lists the studies the storage holds, so a typo is fixed in one step; a
+    missing SQLite or journal file is one too (opening it would silently create an empty database).
+    """
+    from archsearch.storage import DEFAULT_STORAGE, open_storage, storage_label
+
+    url = storage_url or DEFAULT_STORAGE
+    if url.startswith(("sqlite:///", "journal:///")):  # opening a missing file would create an empty database
+        path = Path(url.split(":///", 1)[1]).expanduser()
+        if not path.is_file():
+            raise UserError(f"storage {url!r}: no such file {path}; give the --storage the study was run with")
+    storage = open_storage(storage_url)
+    names = sorted(optuna.get_all_study_names(storage=storage))
+    if study_name not in names:
+        where = storage_label(storage_url or DEFAULT_STORAGE)
+        have = f"available: {', '.join(names)}" if names else "it holds no studies"
+        raise UserError(f"no study named {study_name!r} in {where}; {have}")
+    return analyze(optuna.load_study(study_name=study_name, storage=storage), band_factor)
+
+
+# ------------------------------------------------------------------------------------------------- tables, Markdown
+
+
+def _pm(mean: Any, std: Any) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.4f} ± {std or 0.0:.4f}"
+
+
+Table = tuple[str, list[str], list[list[str]]]
+
+
+def format_tables(result: Mapping[str, Any]) -> list[Table]:
+    """The analysis as (title, headers, rows) of strings: the CLI renders them with rich, Markdown reuses them."""
+    rows = result["rows"]
+    metric, monitor = result["metric"], result["monitor"]
+    short = "val acc" if monitor == "val" else f"{monitor} acc"
+    both = monitor != "test"  # searches: test accuracy beside the monitored one, for reporting only
+    multi_loss = len({r.get("loss") for r in rows}) > 1
+    tables: list[Table] = []
+
+    headers = ["trial", "spec", "params", "depth", "activation", *(["loss"] if multi_loss else []), short]
+    headers += ["test acc"] if both else []
+    headers += ["Pareto"]
+    body = []
+    for r in sorted(rows, key=lambda r: -r["acc_mean"]):
+        activation = str(r["activation"]) if r["depth"] else "–"  # mlp:linear has no hidden layer to activate
+        line = [str(r["number"]), r["spec"], f"{r['params']:,}", str(r["depth"]), activation]
+        line += [str(r.get("loss"))] if multi_loss else []
+        line += [_pm(r["acc_mean"], r["acc_std"])]
+        line += [_pm(r["test_acc_mean"], r["test_acc_std"])] if both else []
+        line += ["yes" if r["pareto"] else ""]
+        body.append(line)
+    tables.append(
+        (f"Complete trials of {result['study']}, best first ({metric}, mean ± std over seeds)", headers, body)
+    )
+
+    by_number = {r["number"]: r for r in rows}
+    front = [by_number[n] for n in result["pareto_front"] if n in by_number]
+    tables.append(
+        (
+            f"Pareto front: {metric} (higher) against parameters (fewer)",
+            ["trial", "spec", "params", short, *(["test acc"] if both else [])],
+            [
+                [str(r["number"]), r["spec"], f"{r['params']:,}", _pm(r["acc_mean"], r["acc_std"])]
+                + ([_pm(r["test_acc_mean"], r["test_acc_std"])] if both else [])
+                for r in front
+            ],
+        )
+    )
+
+    depth_rows = [
+        [band["label"], str(d["depth"]), str(d["n_trials"]), str(d["n_runs"]), _pm(d["mean"], d["std"]), d["best_spec"]]
+        for band in result["depth_effect"]
+        for d in band["depths"]
+    ]
+    tables.append(
+        (
+            f"Depth at similar parameter count (bands of ×{result['band_factor']:g}; {metric}, mean ± std over runs)",
+            ["band", "depth", "trials", "runs", short, "best trial's spec"],
+            depth_rows,
+        )
+    )
+
+    act = result["activation_effect"]
+    how = "same architecture and protocol" if act["mode"] == "matched" else "all trials pooled"
+    tables.append(
+        (
+            f"Activation ({how}; {metric}, mean ± std over runs)",
+            ["architecture", "activation", "trials", "runs", short],
+            [
+                [g["label"], a["activation"], str(a["n_trials"]), str(a["n_runs"]), _pm(a["mean"], a["std"])]
+                for g in act["groups"]
+                for a in g["activations"]
+            ],
+        )
+    )
+
+    imp = result.get("importances")
+    if imp:
+        names = list(imp["accuracy"])
+        cols = ["accuracy"] + (["pareto"] if "pareto" in imp else [])
+        tables.append(
+            (
+                "Hyperparameter importance (PED-ANOVA; share of the total, per target)",
+                ["hyperparameter", short, *(["Pareto front (accuracy, params)"] if "pareto" in imp else [])],
+                [[name] + [f"{imp[c].get(name, 0.0):.3f}" for c in cols] for name in names],
+            )
+        )
+
+    report = result.get("report")
+    if report:
+        tables.append(
+            (
+                "Against the report (test accuracy, mean ± std over seeds)",
+                ["row", "architecture", "loss", "params", "accuracy", "reported", "diff"],
+                [
+                    [
+                        str(r["index"]),
+                        r["label"],
+                        r["loss"],
+                        f"{r['params']:,}",
+                        _pm(r["acc_mean"], r["acc_std"]),
+                        f"{r['reported_acc']:.4f}",
+                        f"{r['acc_diff']:+.4f}",
+                    ]
+                    for r in report["results"]
+                ],
+            )
+        )
+        tables.append(
+            (
+                "The report's comparisons (Welch's t-test on per-seed test accuracy)",
+                ["section", "loss", "claim", "reported diff", "reproduced diff", "p", "verdict"],
+                [
+                    [
+                        f"{c['section']} {c['title']}",
+                        c["loss"],
+                        s["claim"],
+                        f"{s['reported_diff']:+.4f}",
+                        f"{s['reproduced_diff']:+.4f}",
+                        "–" if s["p_value"] is None else f"{s['p_value']:.3f}",
+                        s["verdict"],
+                    ]
+                    for c in report["comparisons"]
+                    for s in c["steps"]
+                ],
+            )
+        )
+    return tables
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A GitHub Markdown table; columns whose every cell is a number are right-aligned."""
+    numeric = [all(re.match(r"^[+\-]?\d[\d,.]*( ± [\d.]+)?$", row[i]) for row in rows) for i in range(len(headers))]
+    align = ["---:" if n and rows else "---" for n in numeric]
+    lines = ["| " + " | ".join(map(_md_cell, headers)) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
+    return lines
+
+
+def markdown(result: Mapping[str, Any], images: Sequence[str] = ()) -> str:
+    """ANALYSIS.md: a summary line, every table of :func:`format_tables`, the plots and the notes."""
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(result["counts"].items())) or "no trials"
+    lines = [
+        f"# Analysis of study `{result['study']}`",
+        "",
+        f"Kind: {result['kind']} · objectives: {', '.join(result['directions'])} · trials: {counts}.",
+        "",
+        f"Accuracies are **{result['metric']}** (the split the study monitored), mean ± std over seeds"
+        + ("; test accuracy is shown beside it for reporting only." if result["monitor"] != "test" else "."),
+        "",
+    ]
+    captions = {
+        "accuracy_vs_params.png": "Accuracy against parameter count",
+        "accuracy_vs_depth.png": "Accuracy against depth within parameter bands",
+        "accuracy_by_activation.png": "Accuracy by activation",
+        "importances.png": "Hyperparameter importances",
+    }
+    if images:
+        lines += ["## Plots", ""]
+        lines += [f"![{captions.get(name, name)}]({name})" for name in images]
+        lines.append("")
+    for title, headers, rows in format_tables(result):
+        lines += [f"## {title}", ""]
+        lines += _md_table(headers, rows) if rows else ["(nothing to compare)"]
+        lines.append("")
+    report = result.get("report")
+    if report and report.get("deviations"):
+        lines += ["Protocol deviations from the report: " + "; ".join(report["deviations"]), ""]
+    if result.get("notes"):
+        lines += ["## Notes", "", *[f"- {n}" for n in result["notes"]], ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------ plots
+
+
+def _plots(result: Mapping[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, and no GUI toolkit imported
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rows = result["rows"]
+    metric = result["metric"]
+    ylabel = f"{metric} (fraction, mean over seeds)"
+    written: list[str] = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        tmp = out / f".{name}.tmp"
+        fig.savefig(tmp, dpi=120, format="png")
+        plt.close(fig)
+        tmp.replace(out / name)
+        written.append(name)
+
+    if rows:
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        for kind in sorted({str(r["kind"]) for r in rows}):
+            group = [r for r in rows if str(r["kind"]) == kind]
+            ax.errorbar(
+                [r["params"] for r in group], [r["acc_mean"] for r in group], yerr=[r["acc_std"] for r in group],
+                fmt={"mlp": "o", "cnn": "s"}.get(kind, "^"), alpha=0.6, capsize=2,
+                label=f"{kind.upper()} trials (± std over seeds)",
+            )  # fmt: skip
+        front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["params"])
+        ax.step(
+            [r["params"] for r in front], [r["acc_mean"] for r in front], where="post", color="tab:red",
+            marker="*", markersize=12, label="Pareto front (accuracy ↑, parameters ↓)",
+        )  # fmt: skip
+        for r in front if len(rows) > 25 else rows:
+            tag = f"row {r['report_row']}" if r.get("report_row") is not None else f"#{r['number']}"
+            ax.annotate(tag, (r["params"], r["acc_mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set(xscale="log", xlabel="parameters (count, log scale)", ylabel=ylabel)
+        ax.set_title(f"{result['study']}: accuracy against parameter count")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right")
+        save(fig, "accuracy_vs_params.png")
+
+    bands = result["depth_effect"]
+    if bands:
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        for band in bands:
+            ds = band["depths"]
+            ax.errorbar(
+                [d["depth"] for d in ds], [d["mean"] for d in ds], yerr=[d["std"] for d in ds],
+                marker="o", capsize=3, label=band["label"],
+            )  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="depth (hidden layers; CNN: conv + hidden fc layers)", ylabel=ylabel)
+        ax.set_title(f"{result['study']}: accuracy against depth at similar parameter count (± std over runs)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="parameter band")
+        save(fig, "accuracy_vs_depth.png")
+
+    act = result["activation_effect"]
+    if act["groups"]:
+        present = {x["activation"] for g in act["groups"] for x in g["activations"]}
+        names = [a for a in ACTIVATION_ORDER if a in present] + sorted(present - set(ACTIVATION_ORDER))
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        width = 0.8 / len(act["groups"])
+        lows, highs = [], []
+        for i, g in enumerate(act["groups"]):
+            stats = {a["activation"]: a for a in g["activations"]}
+            xs = [j + (i - (len(act["groups"]) - 1) / 2) * width for j, n in enumerate(names) if n in stats]
+            ys = [stats[n]["mean"] for n in names if n in stats]
+            es = [stats[n]["std"] for n in names if n in stats]
+            lows += [y - e for y, e in zip(ys, es, strict=True)]
+            highs += [y + e for y, e in zip(ys, es, strict=True)]
+            ax.bar(xs, ys, width=width, yerr=es, capsize=4, label=g["label"])
+        ax.set_xticks(range(len(names)), names)
+        # Bars from 0 would hide differences of a few tenths of a percent: zoom on the data (the axis says where).
+        ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(highs) + 0.01))
+        how = "same architecture and protocol" if act["mode"] == "matched" else "all trials pooled"
+        ax.set(xlabel="activation function", ylabel=ylabel)
+        ax.set_title(f"{result['study']}: accuracy by activation ({how}; ± std over runs)")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(title="architecture")
+        save(fig, "accuracy_by_activation.png")
+
+    imp = result.get("importances")
+    if imp and imp.get("accuracy"):
+        names = list(imp["accuracy"])[::-1]  # most important on top
+        series = [("accuracy", metric)] + ([("pareto", "Pareto front (accuracy, params)")] if "pareto" in imp else [])
+        fig, ax = plt.subplots(figsize=(9, max(3.0, 0.45 * len(names) + 1.5)))
+        height = 0.8 / len(series)
+        for i, (key, label) in enumerate(series):
+            ys = [j + (i - (len(series) - 1) / 2) * height for j in range(len(names))]
+            ax.barh(ys, [imp[key].get(n, 0.0) for n in names], height=height, label=label)
+        ax.set_yticks(range(len(names)), names)
+        ax.set(xlabel="importance (PED-ANOVA, share of the total: sums to 1)", ylabel="hyperparameter")
+        ax.set_title(f"{result['study']}: hyperparameter importance")
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(title="target")
+        save(fig, "importances.png")
+    return written
+
+
+def write_analysis(result: Mapping[str, Any], out_dir: str | Path) -> list[str]:
+    """Write the PNG plots and ANALYSIS.md into ``out_dir``; returns the file names written.
+
+    An out dir that cannot be created or written is a ``UserError`` before anything is written. Each file is
+    written whole (temporary file, then rename), so a reader never sees half a file.
+    """
+    from archsearch.compare import check_writable
+
+    out = Path(out_dir)
+    check_writable(out)
+    images = _plots(result, out)
+    text = markdown(result, images)
+    tmp = out / ".ANALYSIS.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "ANALYSIS.md")
+    return [*images, "ANALYSIS.md"]
