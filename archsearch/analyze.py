@@ -405,20 +405,9 @@ def analyze_study(storage_url: str | None, study_name: str, band_factor: float =
     An unknown name is a ``UserError`` that lists the studies the storage holds, so a typo is fixed in one step; a
     missing SQLite or journal file is one too (opening it would silently create an empty database).
     """
-    from archsearch.storage import DEFAULT_STORAGE, open_storage, storage_label
+    from archsearch.storage import load_existing_study
 
-    url = storage_url or DEFAULT_STORAGE
-    if url.startswith(("sqlite:///", "journal:///")):  # opening a missing file would create an empty database
-        path = Path(url.split(":///", 1)[1]).expanduser()
-        if not path.is_file():
-            raise UserError(f"storage {url!r}: no such file {path}; give the --storage the study was run with")
-    storage = open_storage(storage_url)
-    names = sorted(optuna.get_all_study_names(storage=storage))
-    if study_name not in names:
-        where = storage_label(storage_url or DEFAULT_STORAGE)
-        have = f"available: {', '.join(names)}" if names else "it holds no studies"
-        raise UserError(f"no study named {study_name!r} in {where}; {have}")
-    return analyze(optuna.load_study(study_name=study_name, storage=storage), band_factor)
+    return analyze(load_existing_study(storage_url, study_name), band_factor)
 
 
 # ------------------------------------------------------------------------------------------------- tables, Markdown

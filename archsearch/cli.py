@@ -66,7 +66,7 @@ def _setup_torch(threads: int | None, device: str | None) -> Any:
         torch.set_num_threads(threads)
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI shows its own progress
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the CLI reports progress and failures itself
     try:
         dev = torch.device(device) if device else default_device()
         torch.empty(0, device=dev)
@@ -160,6 +160,9 @@ StorageOpt = Annotated[
         "journal:///FILE.log."
     ),
 ]
+WorkersOpt = Annotated[
+    int, typer.Option(min=1, help="Parallel worker processes on this machine (each gets cores/N threads).")
+]
 StudyOpt = Annotated[str | None, typer.Option(help="Study name; default derived from the protocol.")]
 
 
@@ -174,6 +177,7 @@ def reproduce(
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate (report: 3e-4).")] = 3e-4,
     weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay (report: 1e-3).")] = 1e-3,
     quick: Annotated[bool, typer.Option(help="A few-minute first look: 2 runs of 2 epochs.")] = False,
+    workers: WorkersOpt = 1,
     storage: StorageOpt = None,
     study_name: StudyOpt = None,
     out_dir: Annotated[
@@ -190,7 +194,8 @@ def reproduce(
     from archsearch.artifacts import artifact_store
     from archsearch.data import default_data_dir, ensure_raw_files, load_dataset
     from archsearch.report import parse_indexes
-    from archsearch.storage import open_storage
+    from archsearch.storage import DEFAULT_STORAGE, open_storage
+    from archsearch.workers import spawn_workers, wait_workers
 
     cfg = rep.ReproduceConfig(
         indexes=tuple(parse_indexes(models)),
@@ -210,36 +215,23 @@ def reproduce(
     name = study_name or cfg.default_study_name()
     study = rep.open_reproduce_study(store, name, cfg)
     todo = rep.pending(study, cfg)
-    data = load_dataset(data_dir, device=dev) if todo else None
     with progress.bar(enabled=not json_ and bool(todo)) as bar:
         overall = bar.add_task(f"study {name}: trials", total=len(todo))
-        current = bar.add_task("", total=None, visible=False)
-
-        def on_trial(label: str) -> None:
-            bar.update(current, description=f"  {label}", completed=0, total=None, visible=True)
-
-        def on_epoch(report: Any) -> None:
-            bar.update(current, description=f"  epoch {report.epoch}/{report.epochs} acc {report.mean_accuracy:.4f}")
-
-        def on_result(trial: Any, result: Any) -> None:
-            bar.advance(overall)
-
-        hooks = rep.Hooks(
-            on_trial=on_trial,
-            on_step=lambda d, t: bar.update(current, completed=d, total=t),
-            on_epoch=on_epoch,
-            on_result=on_result,
-        )
-        store_a = artifact_store(storage)
-        stats = (
-            rep.run_reproduce(study, cfg, data, device=dev, hooks=hooks, artifact_store=store_a)
-            if data is not None
-            else rep.Stats()
-        )
+        if todo and workers > 1:
+            procs = spawn_workers(workers, storage or DEFAULT_STORAGE, name, device=device, data_dir=data_dir)
+            wait_workers(procs, lambda: bar.update(overall, completed=len(todo) - len(rep.pending(study, cfg))))
+            stats = rep.Stats()
+        elif todo:
+            data = load_dataset(data_dir, device=dev)
+            hooks = _trial_hooks(bar, overall)
+            stats = rep.run_reproduce(study, cfg, data, device=dev, hooks=hooks, artifact_store=artifact_store(storage))
+        else:
+            stats = rep.Stats()
     results = rep.collect_results(study, cfg)
     comparisons = compare.compare(results)
-    meta = {**rep.config_dict(cfg), "study": name, "storage": storage or "sqlite:///archsearch.db",
-            "device": str(dev), "trained_now": len(stats.trained), "failed_now": len(stats.failed)}  # fmt: skip
+    trained_now = len(stats.trained) if workers == 1 else len(todo) - len(rep.pending(study, cfg))
+    meta = {**rep.config_dict(cfg), "study": name, "storage": storage or DEFAULT_STORAGE, "device": str(dev),
+            "trained_now": trained_now, "failed_now": len(stats.failed), "workers": workers}  # fmt: skip
     written = compare.write_outputs(out_dir, results, comparisons, meta) if out_dir is not None else []
     if json_:
         _emit_json({"meta": meta, "rows": results, "comparisons": comparisons, "notes": list(compare.NOTES)})
@@ -309,6 +301,7 @@ def search(
     include_report: Annotated[
         bool, typer.Option(help="Start with the report's architectures that fit the space.")
     ] = False,
+    workers: WorkersOpt = 1,
     storage: StorageOpt = None,
     study_name: StudyOpt = None,
     device: DeviceOpt = None,
@@ -320,9 +313,9 @@ def search(
     from archsearch import search as srch
     from archsearch.artifacts import artifact_store
     from archsearch.data import default_data_dir, ensure_raw_files, load_dataset
-    from archsearch.objective import Hooks
     from archsearch.spaces import load_space
-    from archsearch.storage import open_storage
+    from archsearch.storage import DEFAULT_STORAGE, open_storage
+    from archsearch.workers import spawn_workers, wait_workers
 
     sp = load_space(space)
     cfg = srch.SearchConfig(
@@ -330,30 +323,29 @@ def search(
         sampler=sampler.value, pruner=pruner.value, objectives=tuple(o.strip() for o in objectives.split(",")),
         val_size=val_size, include_report=include_report,
     )  # fmt: skip
+    srch.check_config(cfg, sp)
     dev = _setup_torch(threads, device)
     ensure_raw_files(data_dir or default_data_dir())
     store = open_storage(storage)
     name = study_name or f"search-{sp.name}"
     study = srch.open_search_study(store, name, sp, cfg)
-    data = load_dataset(data_dir, val_size=val_size, split_seed=seed, device=dev)
     with progress.bar(enabled=not json_) as bar:
         done0 = srch.finished_trials(study)
         overall = bar.add_task(f"study {name}: finished trials", total=n_trials, completed=min(done0, n_trials))
-        current = bar.add_task("", total=None, visible=False)
-        hooks = Hooks(
-            on_trial=lambda label: bar.update(current, description=f"  {label}", completed=0, visible=True),
-            on_step=lambda d, t: bar.update(current, completed=d, total=t),
-            on_epoch=lambda r: bar.update(
-                current, description=f"  epoch {r.epoch}/{r.epochs} val acc {r.mean_accuracy:.4f}"
-            ),
-        )
 
-        def tick(study_: Any, trial: Any) -> None:
-            bar.update(overall, completed=min(srch.finished_trials(study_), n_trials))
+        def tick(*_: Any) -> None:
+            bar.update(overall, completed=min(srch.finished_trials(study), n_trials))
 
-        ran = srch.run_search(
-            study, sp, cfg, data, device=dev, hooks=hooks, callbacks=[tick], artifact_store=artifact_store(storage)
-        )
+        if workers > 1:
+            procs = spawn_workers(workers, storage or DEFAULT_STORAGE, name, device=device, data_dir=data_dir)
+            wait_workers(procs, tick)
+            ran = srch.finished_trials(study) - done0
+        else:
+            data = load_dataset(data_dir, val_size=val_size, split_seed=seed, device=dev)
+            hooks = _trial_hooks(bar)
+            ran = srch.run_search(
+                study, sp, cfg, data, device=dev, hooks=hooks, callbacks=[tick], artifact_store=artifact_store(storage)
+            )
     summary = srch.search_summary(study)
     summary["ran_now"] = ran
     if json_:
@@ -385,6 +377,46 @@ def _print_search(s: dict[str, Any]) -> None:
         con.print(f"report's row nearest in parameters: row {rn['index']} {rn['label']} ({rn['params']:,}) "
                   f"test {rn['acc']:.4f}")  # fmt: skip
     con.print(s["note"])
+
+
+def _trial_hooks(bar: Any, overall: Any = None) -> Any:
+    """Progress of the trial in training (steps with ETA, epoch accuracy); ``overall`` advances per trial."""
+    from archsearch.objective import Hooks
+
+    current = bar.add_task("", total=None, visible=False)
+
+    def on_epoch(r: Any) -> None:
+        bar.update(current, description=f"  epoch {r.epoch}/{r.epochs} {r.monitor} acc {r.mean_accuracy:.4f}")
+
+    return Hooks(
+        on_trial=lambda label: bar.update(current, description=f"  {label}", completed=0, total=None, visible=True),
+        on_step=lambda d, t: bar.update(current, completed=d, total=t),
+        on_epoch=on_epoch,
+        on_result=lambda trial, result: bar.advance(overall) if overall is not None else None,
+    )
+
+
+@app.command()
+def worker(
+    study: Annotated[str, typer.Option(help="The study to join (made by reproduce or search).")],
+    storage: StorageOpt = None,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Join a study from any machine and train until it has nothing left to do."""
+    from archsearch.data import default_data_dir, ensure_raw_files
+    from archsearch.workers import run_worker
+
+    dev = _setup_torch(threads, device)
+    ensure_raw_files(data_dir or default_data_dir())
+    with progress.bar(enabled=not json_) as bar:
+        result = run_worker(storage, study, device=dev, data_dir=data_dir, hooks=_trial_hooks(bar))
+    if json_:
+        _emit_json(result)
+    else:
+        out().print(f"worker done: {result}")
 
 
 def _print_tables(tables: list[tuple[str, list[str], list[list[str]]]]) -> None:

@@ -46,7 +46,7 @@ from archsearch.errors import UserError
 from archsearch.metrics import METRIC_NAMES, classification_metrics
 from archsearch.models import build_model, count_params
 from archsearch.spec import IMAGE_SHAPE, Spec, SpecError, parse_spec
-from archsearch.storage import DEFAULT_STORAGE, artifact_dir, open_storage, storage_label
+from archsearch.storage import DEFAULT_STORAGE, artifact_dir, load_existing_study, storage_label
 from archsearch.train import predict_plain
 
 __all__ = [
@@ -123,8 +123,7 @@ def export_trial(
     out_dir = Path(out_dir)
     formats = _check_formats(formats)
     _check_out_dir(out_dir)
-    storage = _open_existing_storage(storage_url)
-    study = _load_study(storage, storage_url, study_name)
+    study = load_existing_study(storage_url, study_name)
     trial = _pick_trial(study, study_name, trial_number)
     artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
     if not artifact_id:
@@ -262,27 +261,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _open_existing_storage(url: str | None) -> Any:
-    """Open ``url``, refusing an SQLite/journal file that does not exist (opening would create an empty one)."""
-    label = url or DEFAULT_STORAGE
-    if label.startswith(("sqlite:///", "journal:///")):
-        path = Path(label.split(":///", 1)[1])
-        if not path.is_file():
-            raise UserError(f"storage file {path} does not exist (storage {label}); pass --storage")
-    return open_storage(url)
-
-
-def _load_study(storage: Any, url: str | None, name: str) -> optuna.Study:
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = optuna.get_all_study_names(storage)
-        where = storage_label(url or DEFAULT_STORAGE)
-        raise UserError(
-            f"no study {name!r} in {where}; studies there: {', '.join(sorted(names)) if names else 'none'}"
-        ) from None
 
 
 def _trials_with_weights(study: optuna.Study) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "Stats",
     "collect_results",
     "config_dict",
+    "load_reproduce_study",
     "open_reproduce_study",
     "pending",
     "run_reproduce",
@@ -114,16 +115,43 @@ def open_reproduce_study(storage: Any, study_name: str, cfg: ReproduceConfig) ->
             "choose another --study-name"
         )
     fail_dead_trials(study)
+    _enqueue_missing(study, rows_needed(cfg))
+    return study
+
+
+def load_reproduce_study(storage: Any, study_name: str) -> tuple[optuna.Study, ReproduceConfig]:
+    """Re-open a reproduce study as a worker: its protocol comes from the study; every queued row is fair game."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    meta = study.user_attrs.get(STUDY_ATTR)
+    if not meta or meta.get("kind") != "reproduce":
+        raise UserError(f"study {study_name!r} is not an archsearch reproduce study")
+    p = meta["protocol"]
+    cfg = ReproduceConfig(
+        indexes=tuple(range(len(report_rows()))),
+        losses=("ce", "kl"),
+        runs=len(p["seeds"]),
+        first_seed=p["seeds"][0],
+        epochs=p["epochs"],
+        batch_size=p["batch_size"],
+        lr=p["lr"],
+        weight_decay=p["weight_decay"],
+    )
+    requested = {_key(t) for t in study.get_trials(deepcopy=False)}
+    dead = fail_dead_trials(study)
+    if dead:  # queue again what dead workers left unfinished
+        _enqueue_missing(study, sorted(k for k in requested if None not in k))
+    return study, cfg
+
+
+def _enqueue_missing(study: optuna.Study, wanted: Sequence[tuple[Any, Any]]) -> None:
     have = {
         _key(t)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING))
     }
     rows = report_rows()
-    for i in cfg.indexes:
-        for loss in cfg.losses:
-            if (i, loss) not in have:
-                study.enqueue_trial({"row": i, "loss": loss}, user_attrs={"report_row": _row_attrs(rows[i])})
-    return study
+    for i, loss in wanted:
+        if (i, loss) not in have:
+            study.enqueue_trial({"row": i, "loss": loss}, user_attrs={"report_row": _row_attrs(rows[i])})
 
 
 def _key(trial: optuna.trial.FrozenTrial) -> tuple[Any, Any]:

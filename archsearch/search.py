@@ -23,7 +23,7 @@ from archsearch.errors import UserError
 from archsearch.models import count_params
 from archsearch.objective import Hooks, TrainingDiverged, run_trial
 from archsearch.report import report_rows
-from archsearch.spaces import Space, SpaceError, spec_or_reason
+from archsearch.spaces import Space, SpaceError, parse_space, spec_or_reason
 from archsearch.storage import fail_dead_trials, trial_key
 from archsearch.train import Protocol
 
@@ -31,7 +31,9 @@ __all__ = [
     "PRUNERS",
     "SAMPLERS",
     "SearchConfig",
+    "check_config",
     "finished_trials",
+    "load_search_study",
     "open_search_study",
     "run_search",
     "search_summary",
@@ -39,6 +41,8 @@ __all__ = [
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
 PRUNERS = ("median", "hyperband", "none")
+SPACE_ATTR = "archsearch:space"
+RUN_ATTR = "archsearch:run"
 OBJECTIVES = {"accuracy": optuna.study.StudyDirection.MAXIMIZE, "params": optuna.study.StudyDirection.MINIMIZE}
 
 
@@ -107,13 +111,20 @@ def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
     raise UserError(f"unknown pruner {cfg.pruner!r}; choose one of {', '.join(PRUNERS)}")
 
 
-def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchConfig) -> optuna.Study:
-    """Create or re-open a search study; refuse one that was made with another space or protocol."""
+def check_config(cfg: SearchConfig, space: Space) -> None:
+    """Refuse a bad configuration before any storage is opened (nothing half-written)."""
     for o in cfg.objectives:
         if o not in OBJECTIVES:
             raise UserError(f"unknown objective {o!r}; use accuracy or accuracy,params")
     if cfg.objectives[0] != "accuracy" or len(set(cfg.objectives)) != len(cfg.objectives):
         raise UserError("objectives must be 'accuracy' or 'accuracy,params'")
+    _sampler(cfg, space)
+    _pruner(cfg)
+
+
+def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchConfig) -> optuna.Study:
+    """Create or re-open a search study; refuse one that was made with another space or protocol."""
+    check_config(cfg, space)
     if len(cfg.objectives) > 1 and cfg.pruner != "none":
         cfg = SearchConfig(**{**asdict(cfg), "pruner": "none"})  # Optuna cannot prune multi-objective trials
     study = optuna.create_study(
@@ -127,8 +138,11 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
     meta, wanted = study.user_attrs.get("archsearch"), cfg.study_meta(space)
     if meta is None:
         study.set_user_attr("archsearch", wanted)
+        study.set_user_attr(SPACE_ATTR, {"text": space.text, "source": space.source, "name": space.name})
     elif meta != wanted:
         raise UserError(f"study {study_name!r} was made with other settings ({meta}); choose another --study-name")
+    # What a worker joining from another machine needs to run the same search (may change between reruns).
+    study.set_user_attr(RUN_ATTR, {k: getattr(cfg, k) for k in ("n_trials", "timeout", "sampler", "pruner", "runs")})
     for number in fail_dead_trials(study):  # a dead worker's trial is tried again with the same parameters
         study.enqueue_trial(trial_key(study.trials[number]))
     if cfg.include_report:
@@ -137,6 +151,24 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
             if params is not None:
                 study.enqueue_trial(params, user_attrs={"report_row": row.index}, skip_if_exists=True)
     return study
+
+
+def load_search_study(storage: Any, study_name: str) -> tuple[optuna.Study, Space, SearchConfig]:
+    """Re-open a search study as a worker: the space, sampler and pruner are rebuilt from what the study keeps."""
+    probe = optuna.load_study(study_name=study_name, storage=storage)
+    meta, run, kept = (probe.user_attrs.get(k) for k in ("archsearch", RUN_ATTR, SPACE_ATTR))
+    if not meta or meta.get("kind") != "search" or not run or not kept:
+        raise UserError(f"study {study_name!r} is not an archsearch search study")
+    space = parse_space(kept["text"], kept["source"], kept["name"])
+    cfg = SearchConfig(
+        space=kept["source"], n_trials=run["n_trials"], timeout=run["timeout"], epochs=meta["epochs"],
+        runs=len(meta["seeds"]), seed=meta["split_seed"], sampler=run["sampler"], pruner=run["pruner"],
+        objectives=tuple(meta["objectives"]), val_size=meta["val_size"],
+    )  # fmt: skip
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(cfg, space), pruner=_pruner(cfg))
+    for number in fail_dead_trials(study):
+        study.enqueue_trial(trial_key(study.trials[number]))
+    return study, space, cfg
 
 
 def finished_trials(study: optuna.Study) -> int:

@@ -15,6 +15,7 @@ Both: max_params, min_params, [optimizer] with lr, weight_decay, batch_size (abs
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from archsearch.report import ReportRow
 from archsearch.resources import read_toml, studies_dir
 from archsearch.spec import ACTIVATIONS, CNNSpec, ConvLayer, MLPSpec, PoolLayer, Spec, SpecError
 
-__all__ = ["BUILTIN_SPACES", "Param", "Space", "SpaceError", "load_space"]
+__all__ = ["BUILTIN_SPACES", "Param", "Space", "SpaceError", "load_space", "parse_space", "spec_or_reason"]
 
 BUILTIN_SPACES = ("mlp", "cnn")
 _KEYS = {
@@ -92,6 +93,7 @@ class Space:
     max_params: int | None = None
     min_params: int | None = None
     source: str = ""
+    text: str = field(default="", repr=False)
 
     def sample(self, trial: optuna.Trial) -> tuple[Spec, dict[str, Any]]:
         """Suggest this space's parameters on ``trial``: the spec and optimiser overrides (may raise SpecError)."""
@@ -261,12 +263,20 @@ def load_space(name_or_path: str) -> Space:
     path = studies_dir() / f"{name_or_path}.toml" if name_or_path in BUILTIN_SPACES else Path(name_or_path)
     if name_or_path not in BUILTIN_SPACES and path.suffix != ".toml":
         raise SpaceError(f"unknown space {name_or_path!r}: use one of {', '.join(BUILTIN_SPACES)} or a .toml file")
-    data = read_toml(path)
-    text = path.read_text()
+    read_toml(path)  # file and syntax errors, with the path in the message
+    return parse_space(path.read_text(), str(path), path.stem)
+
+
+def parse_space(text: str, source: str, default_name: str) -> Space:
+    """A space from TOML text (a worker rebuilds the space a study was started with from the copy it keeps)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpaceError(f"{source}: TOML syntax error: {err}") from None
 
     def where(key: str) -> str:
         line = _line_of(text, key)
-        return f"{path}:{line}" if line else str(path)
+        return f"{source}:{line}" if line else source
 
     kind = data.get("kind")
     if kind not in _KEYS:
@@ -299,13 +309,14 @@ def load_space(name_or_path: str) -> Space:
         if key in data and (not isinstance(data[key], int) or data[key] < 1):
             raise SpaceError(f"{where(key)}: '{key}' must be a positive integer")
     return Space(
-        name=str(data.get("name", path.stem)),
+        name=str(data.get("name", default_name)),
         kind=kind,
         params=params,
         optimizer=optimizer,
         max_params=data.get("max_params"),
         min_params=data.get("min_params"),
-        source=str(path),
+        source=source,
+        text=text,
     )
 
 

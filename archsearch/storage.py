@@ -28,6 +28,7 @@ __all__ = [
     "claim_trial",
     "fail_dead_trials",
     "is_enqueued",
+    "load_existing_study",
     "open_storage",
     "storage_label",
     "trial_key",
@@ -75,6 +76,23 @@ def open_storage(url: str | None) -> BaseStorage:
     except Exception as err:  # SQLAlchemy raises many types: unknown dialect, refused connection, bad credentials
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot open storage {storage_label(url)}: {first}") from None
+
+
+def load_existing_study(url: str | None, name: str, **kwargs: Any) -> optuna.Study:
+    """Load a study that must already exist: a missing SQLite/journal file is refused instead of being created
+    empty, and an unknown name is refused with the names the storage does hold (a typo is fixed in one step)."""
+    label = url or DEFAULT_STORAGE
+    if label.startswith(("sqlite:///", "journal:///")):
+        path = Path(label.split(":///", 1)[1]).expanduser()
+        if not path.is_file():
+            raise UserError(f"storage {label!r}: no such file {path}; give the --storage the study was run with")
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage, **kwargs)
+    except KeyError:
+        names = sorted(optuna.get_all_study_names(storage))
+        have = f"studies there: {', '.join(names)}" if names else "it holds no studies"
+        raise UserError(f"no study named {name!r} in {storage_label(label)}; {have}") from None
 
 
 def _check_parent_writable(path: Path, url: str) -> None:

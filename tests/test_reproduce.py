@@ -99,3 +99,13 @@ def test_default_study_names() -> None:
     assert ReproduceConfig().default_study_name() == "report"
     assert ReproduceConfig(epochs=2, runs=2).default_study_name() == "report-e2-r2"
     assert ReproduceConfig().deviations() == []
+
+
+def test_diverging_trials_fail_with_a_reason_and_the_study_goes_on(tmp_path: Path) -> None:
+    out = json.loads(
+        finish(cli(tmp_path, "--models", "0,12", "--runs", "2", "--epochs", "1", "--lr", "1e30", "--json"))
+    )
+    assert out["meta"]["failed_now"] == 2 and out["rows"] == []
+    ts = trials(tmp_path / "archsearch.db", "report-e1-r2-lr1e+30")
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.FAIL]  # both tried: the first failure did not stop it
+    assert all("NaN or infinite" in t.user_attrs["fail_reason"] for t in ts)

@@ -100,3 +100,27 @@ def test_report_model_0_one_epoch_on_real_data(fmnist: Dataset) -> None:
     m = result.runs[0].metrics["test"]
     assert m["accuracy"] >= 0.78
     assert abs(m["recall"] - m["accuracy"]) < 1e-6  # balanced test set
+
+
+def test_one_diverging_run_does_not_spoil_the_others(small_real: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    import archsearch.train as train_module
+
+    spec, protocol = parse_spec("mlp:32"), Protocol(epochs=1)
+    alone = train(spec, [5], protocol, small_real, record_steps=True)
+    real_init, calls = train_module.init_model, []
+
+    def poison_second(model: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module:
+        model = real_init(model, gen)
+        calls.append(1)
+        if len(calls) == 2:  # the second seed's run starts with an infinite weight: its loss is NaN from step 1
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("inf")
+        return model
+
+    monkeypatch.setattr(train_module, "init_model", poison_second)
+    mixed = train(spec, [5, 6], protocol, small_real, record_steps=True)
+    assert [r.diverged for r in mixed.runs] == [False, True]
+    assert mixed.runs[0].step_losses == pytest.approx(alone.runs[0].step_losses, rel=1e-5, abs=1e-6)
+    assert mixed.runs[0].metrics["test"]["accuracy"] == pytest.approx(
+        alone.runs[0].metrics["test"]["accuracy"], abs=2e-3
+    )

@@ -1,0 +1,88 @@
+"""Several processes on one study: ``--workers N`` on one machine, ``archsearch worker`` on any machine.
+
+Every worker is an ordinary process that opens the study and takes queued (or newly sampled) trials from it; Optuna's
+storage decides which worker gets which trial, so no trial is trained twice. On one host the default SQLite file is
+enough: trials last seconds to hours and write a few rows per epoch, far from the write rates at which SQLite locking
+hurts (with a 120 s lock timeout, see storage.py). Across hosts use PostgreSQL: one database, the same command on
+every machine.
+
+Threads: on a small CPU, N processes with one thread each beat one process with N threads for small models (the
+per-step Python overhead runs in parallel); each worker gets ``cores // N`` threads.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from archsearch.data import load_dataset
+from archsearch.errors import UserError
+from archsearch.objective import Hooks
+
+__all__ = ["run_worker", "spawn_workers", "threads_per_worker", "wait_workers"]
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def spawn_workers(
+    n: int, storage: str, study_name: str, *, device: str | None, data_dir: Path | None
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``n`` ``archsearch worker`` processes on the study (their output goes to stderr)."""
+    cmd = [sys.executable, "-m", "archsearch", "worker", "--study", study_name, "--storage", storage]
+    cmd += ["--threads", str(threads_per_worker(n))]
+    if device:
+        cmd += ["--device", device]
+    if data_dir:
+        cmd += ["--data-dir", str(data_dir)]
+    return [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(n)]
+
+
+def wait_workers(procs: list[subprocess.Popen[bytes]], poll: Callable[[], None], every: float = 2.0) -> None:
+    """Wait for all workers, calling ``poll`` (progress) meanwhile; stop them all if one fails or on Ctrl-C."""
+    try:
+        while any(p.poll() is None for p in procs):
+            poll()
+            time.sleep(every)
+            failed = [p for p in procs if p.returncode not in (None, 0)]
+            if failed:
+                raise UserError(f"a worker exited with code {failed[0].returncode}; rerun the command to resume")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+    poll()
+
+
+def run_worker(
+    storage_url: str | None, study_name: str, *, device: Any, data_dir: Path | None, hooks: Hooks | None
+) -> dict[str, Any]:
+    """Join a study (reproduce or search) and train until it has nothing left to do."""
+
+    from archsearch import reproduce, search
+    from archsearch.artifacts import artifact_store as make_store
+    from archsearch.storage import load_existing_study, open_storage
+
+    probe = load_existing_study(storage_url, study_name)
+    storage = open_storage(storage_url)
+    kind = (probe.user_attrs.get("archsearch") or {}).get("kind")
+    artifact_store = make_store(storage_url) if kind in ("reproduce", "search") else None
+    if kind == "reproduce":
+        study, rcfg = reproduce.load_reproduce_study(storage, study_name)
+        data = load_dataset(data_dir, device=device)
+        stats = reproduce.run_reproduce(study, rcfg, data, device=device, hooks=hooks, artifact_store=artifact_store)
+        return {"study": study_name, "kind": kind, "trained": len(stats.trained), "failed": len(stats.failed)}
+    if kind == "search":
+        study, space, scfg = search.load_search_study(storage, study_name)
+        data = load_dataset(data_dir, val_size=scfg.val_size, split_seed=scfg.seed, device=device)
+        ran = search.run_search(study, space, scfg, data, device=device, hooks=hooks, artifact_store=artifact_store)
+        return {"study": study_name, "kind": kind, "trained": ran}
+    raise UserError(f"study {study_name!r} was not made by archsearch reproduce or search")

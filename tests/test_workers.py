@@ -1,0 +1,94 @@
+"""Many processes on one study: 4 local workers on SQLite, 4 `archsearch worker`s on a real PostgreSQL server, and
+10 SIGKILLs at random moments — no trial lost, none trained twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+ROWS = "0,1,2,3,4,5,6,12"  # eight small report rows: 1 run of 1 epoch each takes seconds
+
+
+def archsearch(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "archsearch", *args]
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 600) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def done_once(storage: str, name: str) -> Counter[tuple[int, str]]:
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    return Counter((t.params["row"], t.params["loss"]) for t in trials if t.state == TrialState.COMPLETE)
+
+
+def test_four_local_workers_on_sqlite(tmp_path: Path) -> None:
+    out = finish(archsearch(tmp_path, "reproduce", "--models", ROWS, "--runs", "1", "--epochs", "1",
+                            "--workers", "4", "--json"))  # fmt: skip
+    result = json.loads(out)
+    assert result["meta"]["trained_now"] == 8 and len(result["rows"]) == 8
+    counts = done_once(f"sqlite:///{tmp_path}/archsearch.db", "report-e1-r1")
+    assert counts == {(int(i), "ce"): 1 for i in ROWS.split(",")}
+
+
+def postgres_url() -> str:
+    url = os.environ.get("ARCHSEARCH_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide ARCHSEARCH_TEST_POSTGRES (.ci/run starts PostgreSQL on loopback)")
+        pytest.skip("set ARCHSEARCH_TEST_POSTGRES=postgresql://user:pw@127.0.0.1/db to run")
+    return url
+
+
+def test_four_workers_on_postgresql(tmp_path: Path) -> None:
+    url = postgres_url()
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    # one machine queues the report's rows (with 0 workers' worth of training: --models and the protocol) ...
+    queue = ("reproduce", "--models", ROWS, "--runs", "1", "--epochs", "1", "--storage", url, "--study-name", name)
+    workers = []
+    first = archsearch(tmp_path, *queue, "--threads", "1", "--json")
+    time.sleep(3)
+    # ... and four workers join it, as they would from four machines
+    for _ in range(4):
+        workers.append(archsearch(tmp_path, "worker", "--study", name, "--storage", url, "--threads", "1", "--json"))
+    finish(first)
+    trained = sum(json.loads(finish(w))["trained"] for w in workers)
+    counts = done_once(url, name)
+    assert counts == {(int(i), "ce"): 1 for i in ROWS.split(",")}
+    assert trained <= 8
+
+
+def test_ten_random_kills_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    args = ("reproduce", "--models", "0,12,6", "--runs", "2", "--epochs", "2", "--threads", "1", "--json")
+    rng = random.Random(1234)
+    for _ in range(10):
+        proc = archsearch(tmp_path, *args)
+        time.sleep(rng.uniform(1.0, 8.0))  # startup, mid-epoch, between trials: anywhere
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    resumed = json.loads(finish(archsearch(tmp_path, *args)))
+    db = f"sqlite:///{tmp_path}/archsearch.db"
+    assert done_once(db, "report-e2-r2") == {(0, "ce"): 1, (12, "ce"): 1, (6, "ce"): 1}
+    trials = optuna.load_study(study_name="report-e2-r2", storage=db).get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    clean_dir = tmp_path / "clean"
+    clean_dir.mkdir()
+    clean = json.loads(finish(archsearch(clean_dir, *args)))
+    assert [r["acc_per_seed"] for r in resumed["rows"]] == [r["acc_per_seed"] for r in clean["rows"]]
