@@ -74,12 +74,32 @@ def fused_steps_per_s(spec: Any, steps: int, data: Dataset) -> float:
     return RUNS * steps / result.seconds
 
 
+def _layout_worker(args: tuple[int, int, int]) -> float:
+    row, steps, threads = args
+    torch.set_num_threads(threads)
+    return fused_steps_per_s(report_rows()[row].spec, steps, load_dataset())
+
+
+def layouts(row: int, steps: int) -> dict[str, float]:
+    """Model-steps/s of one process using every core against one single-threaded process per core (--workers)."""
+    import multiprocessing as mp
+    import os
+
+    cores = os.cpu_count() or 1
+    with mp.get_context("spawn").Pool(1) as pool:
+        one = pool.map(_layout_worker, [(row, steps, cores)])[0]
+    with mp.get_context("spawn").Pool(cores) as pool:
+        many = sum(pool.map(_layout_worker, [(row, steps, 1)] * cores))
+    return {"1 process x all threads": one, f"{cores} processes x 1 thread": many}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="6,10,15,16")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per measurement")
     parser.add_argument("--estimate-steps", type=int, default=100, help="steps per row for the full estimate")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--layout-row", default=None, help="also compare process/thread layouts on this row")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads:
@@ -112,6 +132,7 @@ def main() -> int:
                 f"x{m['ratio']:5.1f}  {gflops:6.1f} GFLOP/s = {m['peak_pct']:4.1f}% of peak",
                 file=sys.stderr,
             )
+    layout = layouts(int(args.layout_row), args.steps) if args.layout_row is not None else {}
     total_s = 0.0
     for row in rows:
         rate = fused_steps_per_s(row.spec, args.estimate_steps, data)
@@ -122,6 +143,7 @@ def main() -> int:
         "matmul_peak_gflops": peak,
         "rows": measured,
         "full_reproduction_estimate_min": total_s / 60,
+        "layouts": layout,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -135,6 +157,8 @@ def main() -> int:
                 f"{m['ratio']:.1f}× | {m['gflops']:.1f} | {m['peak_pct']:.0f}% |"
             )
         print(f"estimated full reproduction (17 rows × {RUNS} runs × {EPOCHS} epochs): {total_s / 60:.0f} min")
+        for name, rate in layout.items():
+            print(f"layout on row {args.layout_row}: {name}: {rate:.0f} model-steps/s")
     return 0
 
 
