@@ -139,6 +139,16 @@ def markdown(results: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, 
     return "\n".join(lines)
 
 
+def _save(fig: Any, ax: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
 def _plots(results: Sequence[dict[str, Any]], out: Path) -> list[str]:
     import matplotlib
 
@@ -163,11 +173,7 @@ def _plots(results: Sequence[dict[str, Any]], out: Path) -> list[str]:
         ax.annotate(str(r["index"]), (r["params"], r["acc_mean"]), textcoords="offset points", xytext=(4, 4))
     ax.set(xscale="log", xlabel="parameters (log scale)", ylabel="test accuracy (fraction)")
     ax.set_title("Test accuracy against parameter count")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_params.png", dpi=120)
-    plt.close(fig)
-    written.append("accuracy_vs_params.png")
+    written.append(_save(fig, ax, out / "accuracy_vs_params.png"))
 
     acts = [by_index[i] for i in range(1, 7) if i in by_index]
     if acts:
@@ -180,11 +186,7 @@ def _plots(results: Sequence[dict[str, Any]], out: Path) -> list[str]:
         ax.set_ylim(lo - 0.01, None)
         ax.set(xlabel="activation (one hidden layer of 128)", ylabel="test accuracy (fraction)")
         ax.set_title("Accuracy by activation (mean ± std over runs)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_by_activation.png", dpi=120)
-        plt.close(fig)
-        written.append("accuracy_by_activation.png")
+        written.append(_save(fig, ax, out / "accuracy_by_activation.png"))
 
     groups = [g for section, _, gs in COMPARISONS if section == "2.5" for g in gs]
     series = [[by_index[i] for i in g if i in by_index] for g in groups]
@@ -200,11 +202,7 @@ def _plots(results: Sequence[dict[str, Any]], out: Path) -> list[str]:
             )  # fmt: skip
         ax.set(xlabel="hidden layers (depth)", ylabel="test accuracy (fraction)")
         ax.set_title("Accuracy against depth at about equal parameter count")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_depth.png", dpi=120)
-        plt.close(fig)
-        written.append("accuracy_vs_depth.png")
+        written.append(_save(fig, ax, out / "accuracy_vs_depth.png"))
     return written
 
 

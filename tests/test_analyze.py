@@ -19,7 +19,7 @@ from optuna.trial import TrialState, create_trial
 
 from archsearch.analyze import analyze_study, depth_effect, format_tables, pareto_front, write_analysis
 from archsearch.errors import UserError
-from archsearch.models import count_params
+from archsearch.objective import spec_attrs
 from archsearch.report import report_rows
 from archsearch.spec import parse_spec
 from archsearch.storage import open_storage
@@ -44,15 +44,9 @@ def metrics(per_seed: list[float]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def trial_attrs(spec_text: str, test: list[float], val: list[float] | None = None, **extra: Any) -> dict[str, Any]:
-    spec = parse_spec(spec_text)
     seeds = list(range(42, 42 + len(test)))
     attrs: dict[str, Any] = {
-        "spec": str(spec),
-        "kind": spec.kind,
-        "params": count_params(spec),
-        "depth": spec.depth,
-        "widths": list(spec.widths),
-        "activation": spec.activation,
+        **spec_attrs(parse_spec(spec_text)),  # exactly what archsearch.objective records
         "seeds": seeds,
         "protocol": PROTOCOL,
         "monitor": "val" if val is not None else "test",
@@ -196,7 +190,7 @@ def test_tables_are_rectangular(repro: tuple[str, dict[int, int]]) -> None:
 
 
 def test_unknown_study_lists_the_available_ones(repro: tuple[str, dict[int, int]], tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"no study named 'nope'.*available: report-e2-r2"):
+    with pytest.raises(UserError, match=r"no study named 'nope'.*studies there: report-e2-r2"):
         analyze_study(repro[0], "nope")
     missing = tmp_path / "missing.db"
     with pytest.raises(UserError, match="no such file"):
