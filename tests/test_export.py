@@ -264,9 +264,9 @@ def test_unknown_study_and_missing_storage(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     optuna.create_study(storage=open_storage(url), study_name="alpha")
     optuna.create_study(storage=open_storage(url), study_name="beta")
-    with pytest.raises(UserError, match=r"no study 'gamma' in .*; studies there: alpha, beta"):
+    with pytest.raises(UserError, match=r"no study named 'gamma' in .*; studies there: alpha, beta"):
         export_trial(url, "gamma", tmp_path / "out", None)
-    with pytest.raises(UserError, match=r"storage file .*nothere\.db does not exist"):
+    with pytest.raises(UserError, match=r"no such file .*nothere\.db"):
         export_trial(f"sqlite:///{tmp_path}/nothere.db", "alpha", tmp_path / "out", None)
     assert not (tmp_path / "nothere.db").exists()  # looking did not create an empty database
 
