@@ -17,6 +17,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from archsearch.artifacts import artifact_store
 from archsearch.dashboard import dashboard_url, free_port, serve, start_background
 from archsearch.errors import UserError
 from tests.test_analyze import trial_attrs
@@ -65,6 +66,13 @@ def test_dashboard_shows_the_study_in_a_browser(tmp_path: Path) -> None:
 
     url = f"sqlite:///{tmp_path / 'dash.db'}"
     study_id = make_study(url)
+    # A trial with weights, stored the way archsearch stores them: an artifact uploaded while the trial runs.
+    study = optuna.load_study(study_name="dash-demo", storage=url)
+    running = study.ask()
+    weights = tmp_path / "trial4-weights.safetensors"
+    weights.write_bytes(b"{}")
+    optuna.artifacts.upload_artifact(artifact_store=artifact_store(url), file_path=str(weights), study_or_trial=running)
+    study.tell(running, [0.85, 1000.0])
     with start_background(url) as server:
         assert server.url.startswith("http://127.0.0.1:") and server.url.endswith("/dashboard")
         # The artifact store (trial weights) is the one next to the database, and the dashboard knows it has one.
@@ -88,6 +96,10 @@ def test_dashboard_shows_the_study_in_a_browser(tmp_path: Path) -> None:
                 expect(page.get_by_text(TRIALS[0][0]).first).to_be_visible()
                 page.get_by_text("Trial 1", exact=True).first.click()
                 spec = page.get_by_text(TRIALS[1][0]).first  # only a user attribute holds the spec string
+                expect(spec).to_be_visible()
+                page.get_by_text("Trial 4", exact=True).first.click()
+                expect(page.get_by_text("trial4-weights.safetensors").first).to_be_attached()  # its artifact
+                page.get_by_text("Trial 1", exact=True).first.click()
                 expect(spec).to_be_visible()
                 expect(page.get_by_text("dash-demo").first).to_be_visible()
                 # The user attributes box scrolls (long JSON values run wide): bring the spec into view, left-aligned.
