@@ -1,0 +1,37 @@
+"""The benchmark script keeps working (its numbers are measured, never asserted: timings are not tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_trainer.py"
+
+
+@pytest.mark.slow
+def test_benchmark_runs_and_reports_every_column() -> None:
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--rows",
+        "0",
+        "--steps",
+        "5",
+        "--estimate-steps",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["matmul_peak_gflops"] > 0 and report["full_reproduction_estimate_min"] > 0
+    (row,) = report["rows"]
+    assert row["row"] == 0 and row["spec"] == "mlp:linear"
+    for key in ("plain_steps_per_s", "archsearch_steps_per_s", "ratio", "gflops", "peak_pct"):
+        assert row[key] > 0
