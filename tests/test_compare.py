@@ -69,3 +69,12 @@ def test_out_under_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="cannot write to --out"):
         write_outputs(tmp_path / "file" / "out", [], [], {})
+
+
+def test_reported_value_against_the_reproduced_interval() -> None:
+    from archsearch.compare import against_reported
+
+    rows = [row(0, [0.846, 0.847, 0.845]), row(6, [0.8784, 0.8786, 0.8780]), row(12, [0.80, 0.81, 0.80]), row(9, [0.9])]
+    verdicts = [d["verdict"] for d in against_reported(rows)]
+    # reported: row 0 0.8394 (below), row 6 0.8785 (inside), row 12 0.8263 (above), row 9 a single run
+    assert verdicts == ["reproduced higher", "consistent", "reproduced lower", "one run, no interval"]
