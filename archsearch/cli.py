@@ -242,17 +242,18 @@ def reproduce(
 
 
 def _print_reproduction(name: str, results: list[dict[str, Any]], comparisons: list[dict[str, Any]], meta: Any) -> None:
-    from archsearch.compare import NOTES
+    from archsearch.compare import NOTES, against_reported
 
     con = out()
     table = Table(title=f"Report reproduction · study {name} · {meta['runs']} run(s) × {meta['epochs']} epoch(s)")
-    for col in ("row", "architecture", "params", "loss", "accuracy", "reported", "diff", "precision", "recall"):
-        table.add_column(col, justify="left" if col in ("architecture", "loss") else "right")
-    for r in results:
+    cols = ("row", "architecture", "params", "loss", "accuracy", "reported", "diff", "reported vs 95% CI")
+    for col in (*cols, "precision", "recall"):
+        table.add_column(col, justify="left" if col in ("architecture", "loss", "reported vs 95% CI") else "right")
+    for r, d in zip(results, against_reported(results), strict=True):
         table.add_row(
             str(r["index"]), r["label"], f"{r['params']:,}", r["loss"],
             f"{r['acc_mean']:.4f} ± {r['acc_std']:.4f}", f"{r['reported_acc']:.4f}", f"{r['acc_diff']:+.4f}",
-            f"{r['prec_mean']:.4f} (rep. {r['reported_prec']:.4f})",
+            d["verdict"], f"{r['prec_mean']:.4f} (rep. {r['reported_prec']:.4f})",
             f"{r['rec_mean']:.4f} (rep. {r['reported_rec']:.4f})",
         )  # fmt: skip
     con.print(table)
