@@ -8,6 +8,7 @@ same command after a crash continues where it stopped instead of starting over.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -70,6 +71,7 @@ class SearchConfig:
         return {
             "kind": "search",
             "space": space.name,
+            "space_sha256": hashlib.sha256(space.text.encode()).hexdigest()[:16],  # an edited space is another study
             "space_kind": space.kind,
             "objectives": list(self.objectives),
             "epochs": self.epochs,

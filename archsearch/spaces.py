@@ -9,7 +9,8 @@ conditional). Constraints: ``max_params`` / ``min_params``. See ``studies/mlp.to
 mlp keys: depth, width (per layer), shape (free | constant | funnel | hourglass), activation.
 cnn keys: blocks, channels, kernel, padding (valid | same), pool (max | avg | none) — per block — then fc_depth,
 fc_width (per fc layer), activation.
-Both: max_params, min_params, [optimizer] with lr, weight_decay, batch_size (absent: the report's fixed protocol).
+Both: max_params, min_params, max_macs (compute per image: keeps trials affordable on a CPU), and an [optimizer]
+table with lr, weight_decay, batch_size (absent: the report's fixed protocol).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import optuna
 
 from archsearch.errors import UserError
-from archsearch.models import count_params
+from archsearch.models import count_params, macs_per_sample
 from archsearch.report import ReportRow
 from archsearch.resources import read_toml, studies_dir
 from archsearch.spec import ACTIVATIONS, CNNSpec, ConvLayer, MLPSpec, PoolLayer, Spec, SpecError
@@ -35,7 +36,7 @@ _KEYS = {
     "mlp": {"depth", "width", "shape", "activation"},
     "cnn": {"blocks", "channels", "kernel", "padding", "pool", "fc_depth", "fc_width", "activation"},
 }
-_COMMON = {"kind", "name", "description", "max_params", "min_params", "optimizer"}
+_COMMON = {"kind", "name", "description", "max_params", "min_params", "max_macs", "optimizer"}
 _OPTIMIZER = {"lr", "weight_decay", "batch_size"}
 SHAPES = ("free", "constant", "funnel", "hourglass")
 
@@ -92,6 +93,7 @@ class Space:
     optimizer: dict[str, Param] = field(default_factory=dict)
     max_params: int | None = None
     min_params: int | None = None
+    max_macs: int | None = None
     source: str = ""
     text: str = field(default="", repr=False)
 
@@ -131,6 +133,9 @@ class Space:
             return f"{n:,} parameters > max_params {self.max_params:,}"
         if self.min_params is not None and n < self.min_params:
             return f"{n:,} parameters < min_params {self.min_params:,}"
+        macs = macs_per_sample(spec)
+        if self.max_macs is not None and macs > self.max_macs:
+            return f"{macs:,} multiply-accumulates per image > max_macs {self.max_macs:,}"
         return None
 
     def report_params(self, row: ReportRow) -> dict[str, Any] | None:
@@ -305,7 +310,7 @@ def parse_space(text: str, source: str, default_name: str) -> Space:
         if key not in _OPTIMIZER:
             raise SpaceError(f"{where(key)}: unknown optimizer key '{key}' (known: {', '.join(sorted(_OPTIMIZER))})")
         optimizer[key] = _param(key, value, where(key))
-    for key in ("max_params", "min_params"):
+    for key in ("max_params", "min_params", "max_macs"):
         if key in data and (not isinstance(data[key], int) or data[key] < 1):
             raise SpaceError(f"{where(key)}: '{key}' must be a positive integer")
     return Space(
@@ -315,6 +320,7 @@ def parse_space(text: str, source: str, default_name: str) -> Space:
         optimizer=optimizer,
         max_params=data.get("max_params"),
         min_params=data.get("min_params"),
+        max_macs=data.get("max_macs"),
         source=source,
         text=text,
     )

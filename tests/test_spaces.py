@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from archsearch.errors import UserError
-from archsearch.models import count_params
+from archsearch.models import count_params, macs_per_sample
 from archsearch.report import report_rows
 from archsearch.spaces import SpaceError, load_space, spec_or_reason
 from archsearch.spec import MLPSpec
@@ -41,8 +41,8 @@ def test_cnn_space_respects_the_budget() -> None:
     ok = [spec for spec, reason, _ in results if reason is None]
     rejected = [reason for spec, reason, _ in results if reason is not None]
     assert ok and rejected  # both happen in a random sample
-    assert all(count_params(s) <= 100000 for s in ok)  # type: ignore[arg-type]
-    assert all("max_params" in r or "invalid architecture" in r for r in rejected)
+    assert all(count_params(s) <= 100000 and macs_per_sample(s) <= 1_500_000 for s in ok)  # type: ignore[arg-type]
+    assert all("max_params" in r or "max_macs" in r or "invalid architecture" in r for r in rejected)
     kernels = {p[k] for _, _, p in results for k in p if k.startswith("kernel_")}
     assert kernels == {3, 5, 7}
 
