@@ -39,6 +39,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from archsearch.errors import UserError
+from archsearch.jsonio import plain
 
 __all__ = [
     "BAND_FACTOR",
@@ -325,19 +326,6 @@ def _report_comparison(
     }, None
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready: NaN/inf become None (JSON has no NaN), numpy scalars become Python numbers, tuples lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def analyze(study: optuna.Study, band_factor: float = BAND_FACTOR) -> dict[str, Any]:
     """The whole analysis of an open study, as plain JSON-ready data (see the module docstring for the why)."""
     meta = study.user_attrs.get("archsearch")
@@ -376,7 +364,7 @@ def analyze(study: optuna.Study, band_factor: float = BAND_FACTOR) -> dict[str, 
         importances, reason = _importances(study, rows)
         if reason:
             notes.append(reason)
-    return _plain(
+    return plain(
         {
             "study": study.study_name,
             "kind": kind,

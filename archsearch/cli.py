@@ -5,7 +5,6 @@ No training logic lives here. User errors (``UserError``, bad options) print one
 
 from __future__ import annotations
 
-import json
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from archsearch import progress
 from archsearch.errors import UserError
+from archsearch.jsonio import dumps
 
 try:  # recent typer vendors click; older typer depends on it
     from typer._click import exceptions as click_exc
@@ -54,7 +54,7 @@ ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads for tor
 
 
 def _emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(dumps(data))
 
 
 def _setup_torch(threads: int | None, device: str | None) -> Any:

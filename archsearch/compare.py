@@ -9,13 +9,13 @@ accuracies of a and b (two-sided, alpha 0.05). A step is *supported* when a's me
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from archsearch.errors import UserError
+from archsearch.jsonio import dumps
 
 __all__ = [
     "COMPARISONS",
@@ -256,7 +256,7 @@ def write_outputs(
         "comparisons": list(comparisons),
         "notes": list(NOTES),
     }
-    _atomic_write(out / "results.json", json.dumps(payload, indent=2, default=_json_default) + "\n")
+    _atomic_write(out / "results.json", dumps(payload))
     _atomic_write(out / "REPORT.md", markdown(results, comparisons, meta))
     return ["results.json", "REPORT.md", *(_plots(results, out) if results else [])]
 
@@ -270,12 +270,6 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise UserError(f"cannot write to --out {out}: {err.strerror or err}") from None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _atomic_write(path: Path, text: str) -> None:
