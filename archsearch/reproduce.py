@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # what optimize() uses
 from optuna.trial import TrialState
 
 from archsearch.data import Dataset
 from archsearch.errors import UserError
 from archsearch.objective import Hooks, TrainingDiverged, run_trial
 from archsearch.report import ReportRow, report_protocol, report_rows
-from archsearch.storage import fail_dead_trials, is_enqueued, trial_key
+from archsearch.storage import claim_trial, fail_dead_trials, trial_key
 from archsearch.train import Protocol
 
 __all__ = [
@@ -179,30 +180,45 @@ def run_reproduce(
     hooks: Hooks | None = None,
     artifact_store: Any = None,
 ) -> Stats:
-    """Train queued trials of the requested rows until none is left. Safe to run in several processes at once."""
+    """Train the queued trials of the requested rows until none is left. Safe in several processes at once.
+
+    Optuna's ``optimize``/``ask`` would pop the *oldest* queued trial, which may belong to a row this command did not
+    ask for; so the trial is claimed here, the way Optuna claims one (WAITING -> RUNNING is atomic in the storage:
+    of two workers only one wins), with Optuna's heartbeat running for RDB storages as ``optimize`` would.
+    """
     stats = Stats()
     rows = report_rows()
-
-    def objective(trial: optuna.Trial) -> float:
-        if not is_enqueued(trial):
-            # Another worker took the last queued trial between our check and Optuna's ask(): nothing to do.
-            trial.set_user_attr("archsearch:spurious", True)
-            raise optuna.TrialPruned("no queued report trial left")
-        row = trial.suggest_int("row", 0, len(rows) - 1)
-        loss = trial.suggest_categorical("loss", ["ce", "kl"])
-        spec, protocol = rows[row].spec, cfg.protocol(str(loss))
-        value = run_trial(
-            trial, spec, cfg.seeds, protocol, data, device=device, hooks=hooks, artifact_store=artifact_store
-        )
+    while (trial := _claim(study, cfg)) is not None:
+        if is_heartbeat_enabled(study._storage):
+            optuna.storages.fail_stale_trials(study)
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            row = trial.suggest_int("row", 0, len(rows) - 1)
+            loss = str(trial.suggest_categorical("loss", ["ce", "kl"]))
+            try:
+                value = run_trial(
+                    trial, rows[row].spec, cfg.seeds, cfg.protocol(loss), data,
+                    device=device, hooks=hooks, artifact_store=artifact_store,
+                )  # fmt: skip
+            except TrainingDiverged:
+                study.tell(trial, state=TrialState.FAIL)
+                stats.failed.append(trial.number)
+                continue
+            except BaseException:  # Ctrl-C and bugs: the trial is over either way; a rerun queues it again
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+        study.tell(trial, float(value))  # type: ignore[arg-type]
         stats.trained.append(trial.number)
-        return float(value)  # type: ignore[arg-type]
-
-    while pending(study, cfg):
-        before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-        study.optimize(objective, n_trials=1, catch=(TrainingDiverged,))
-        if len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) > before:
-            stats.failed.append(study.trials[-1].number)
     return stats
+
+
+def _claim(study: optuna.Study, cfg: ReproduceConfig) -> optuna.Trial | None:
+    """Atomically take one queued trial of the requested rows (None when there is none left)."""
+    for frozen in pending(study, cfg):
+        if study._storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING):
+            trial = optuna.Trial(study, frozen._trial_id)
+            claim_trial(trial)
+            return trial
+    return None
 
 
 def collect_results(study: optuna.Study, cfg: ReproduceConfig) -> list[dict[str, Any]]:

@@ -27,7 +27,6 @@ __all__ = [
     "artifact_dir",
     "claim_trial",
     "fail_dead_trials",
-    "is_enqueued",
     "load_existing_study",
     "open_storage",
     "storage_label",
@@ -131,11 +130,6 @@ def claim_trial(trial: optuna.Trial) -> None:
 def trial_key(trial: FrozenTrial) -> dict[str, Any]:
     """A trial's parameters, also for WAITING trials (whose enqueued params are not yet in ``params``)."""
     return trial.params or dict(trial.system_attrs.get("fixed_params", {}))
-
-
-def is_enqueued(trial: optuna.Trial) -> bool:
-    """Whether the trial came from ``enqueue_trial`` (Optuna keeps the fixed params in a system attribute)."""
-    return "fixed_params" in trial.storage.get_trial(trial._trial_id).system_attrs
 
 
 def _pid_alive(pid: int) -> bool:

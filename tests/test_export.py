@@ -175,7 +175,7 @@ def test_predict_png_images(exported: Path, fmnist: Dataset, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_export_refusals(study_url: str, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"no study 'nope'.*report-e1-r2"):
+    with pytest.raises(UserError, match=r"no study named 'nope'.*report-e1-r2"):
         export_trial(study_url, "nope", tmp_path / "a", None)
     with pytest.raises(UserError, match=r"no run with seed 7; its seeds: \[42, 43\]"):
         export_trial(study_url, "report-e1-r2", tmp_path / "a", 0, seed=7)

@@ -15,9 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from archsearch.reproduce import ReproduceConfig
-
-pytestmark = pytest.mark.slow
+from archsearch.data import Dataset
+from archsearch.reproduce import ReproduceConfig, open_reproduce_study, run_reproduce
 
 
 def cli(cwd: Path, *args: str) -> subprocess.Popen[str]:
@@ -35,6 +34,7 @@ def trials(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
 
 
+@pytest.mark.slow
 def test_two_rows_then_rerun_trains_nothing(tmp_path: Path) -> None:
     args = ("--models", "0,6", "--runs", "2", "--epochs", "1", "--out", "out", "--json")
     first = json.loads(finish(cli(tmp_path, *args)))
@@ -58,6 +58,7 @@ def test_two_rows_then_rerun_trains_nothing(tmp_path: Path) -> None:
     assert len(trials(tmp_path / "archsearch.db", "report-e1-r2")) == 2
 
 
+@pytest.mark.slow
 def test_killed_mid_trial_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     args = ("--models", "0,12", "--runs", "2", "--epochs", "2", "--storage", "sqlite:///k.db", "--json")
     proc = cli(tmp_path, *args)
@@ -88,6 +89,7 @@ def test_killed_mid_trial_resumes_without_loss_or_duplicates(tmp_path: Path) -> 
     assert [r["acc_per_seed"] for r in resumed["rows"]] == [r["acc_per_seed"] for r in clean["rows"]]
 
 
+@pytest.mark.slow
 def test_another_protocol_in_the_same_study_is_refused(tmp_path: Path) -> None:
     finish(cli(tmp_path, "--models", "12", "--runs", "1", "--epochs", "1", "--study-name", "s"))
     proc = cli(tmp_path, "--models", "12", "--runs", "2", "--epochs", "1", "--study-name", "s")
@@ -101,6 +103,7 @@ def test_default_study_names() -> None:
     assert ReproduceConfig().deviations() == []
 
 
+@pytest.mark.slow
 def test_diverging_trials_fail_with_a_reason_and_the_study_goes_on(tmp_path: Path) -> None:
     out = json.loads(
         finish(cli(tmp_path, "--models", "0,12", "--runs", "2", "--epochs", "1", "--lr", "1e30", "--json"))
@@ -109,3 +112,14 @@ def test_diverging_trials_fail_with_a_reason_and_the_study_goes_on(tmp_path: Pat
     ts = trials(tmp_path / "archsearch.db", "report-e1-r2-lr1e+30")
     assert [t.state for t in ts] == [TrialState.FAIL, TrialState.FAIL]  # both tried: the first failure did not stop it
     assert all("NaN or infinite" in t.user_attrs["fail_reason"] for t in ts)
+
+
+def test_only_the_requested_rows_are_trained(small_real: Dataset, tmp_path: Path) -> None:
+    """The study may hold queued rows of an earlier command; this one trains what it was asked for."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/q.db")
+    both = ReproduceConfig(indexes=(0, 12), runs=1, epochs=1)
+    study = open_reproduce_study(storage, "q", both)
+    only_12 = ReproduceConfig(indexes=(12,), runs=1, epochs=1)
+    stats = run_reproduce(open_reproduce_study(storage, "q", only_12), only_12, small_real)
+    states = {t.params.get("row", t.system_attrs["fixed_params"]["row"]): t.state for t in study.get_trials()}
+    assert states == {0: TrialState.WAITING, 12: TrialState.COMPLETE} and len(stats.trained) == 1
