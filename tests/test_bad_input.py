@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from archsearch.cli import main
-from archsearch.data import default_data_dir
+from archsearch.data import default_data_dir, ensure_raw_files
 
 HALF_CONFIG = {"format": "archsearch-checkpoint", "format_version": 1, "spec": "mlp:5-relu", "seed": 42}
 BAD_TOML = 'kind = "mlp"\ndepth = [0, 3\n'
@@ -67,7 +67,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     half.mkdir()
     (half / "config.json").write_text(json.dumps(HALF_CONFIG))
     raw = tmp_path / "corrupt" / "FashionMNIST" / "raw"
-    shutil.copytree(default_data_dir() / "FashionMNIST" / "raw", raw)
+    shutil.copytree(ensure_raw_files(default_data_dir()), raw)
     labels = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
     labels[100] = (labels[100] + 1) % 10  # one wrong label: well-formed, but not the genuine file
     (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))
