@@ -20,7 +20,7 @@ from archsearch.data import Dataset
 from archsearch.errors import UserError
 from archsearch.objective import Hooks, TrainingDiverged, run_trial
 from archsearch.report import ReportRow, report_protocol, report_rows
-from archsearch.storage import claim_trial, fail_dead_trials, trial_key
+from archsearch.storage import claim_trial, fail_dead_trials, fail_stale_trials, trial_key
 from archsearch.train import Protocol
 
 __all__ = [
@@ -190,7 +190,7 @@ def run_reproduce(
     rows = report_rows()
     while (trial := _claim(study, cfg)) is not None:
         if is_heartbeat_enabled(study._storage):
-            optuna.storages.fail_stale_trials(study)
+            fail_stale_trials(study)
         with get_heartbeat_thread(trial._trial_id, study._storage):
             row = trial.suggest_int("row", 0, len(rows) - 1)
             loss = str(trial.suggest_categorical("loss", ["ce", "kl"]))

@@ -27,6 +27,7 @@ __all__ = [
     "artifact_dir",
     "claim_trial",
     "fail_dead_trials",
+    "fail_stale_trials",
     "load_existing_study",
     "open_storage",
     "storage_label",
@@ -162,5 +163,12 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
             except RuntimeError:  # another process finished or failed it first
                 pass
     if isinstance(study._storage, RDBStorage):
-        optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study)
     return failed
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's heartbeat check (fail trials whose worker stopped beating; the retry callback re-queues them)."""
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
