@@ -92,3 +92,24 @@ def test_ten_random_kills_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     clean_dir.mkdir()
     clean = json.loads(finish(archsearch(clean_dir, *args)))
     assert [r["acc_per_seed"] for r in resumed["rows"]] == [r["acc_per_seed"] for r in clean["rows"]]
+
+
+def test_killed_search_resumes_and_retries_the_interrupted_trial(tmp_path: Path) -> None:
+    space = tmp_path / "tiny.toml"
+    space.write_text('kind = "mlp"\ndepth = { low = 1, high = 2 }\nwidth = { choices = [8, 16, 32] }\n')
+    args = ("search", "--space", str(space), "--n-trials", "4", "--epochs", "1", "--threads", "1", "--json")
+    db = f"sqlite:///{tmp_path}/archsearch.db"
+    rng = random.Random(7)
+    for _ in range(3):
+        proc = archsearch(tmp_path, *args)
+        time.sleep(rng.uniform(6.0, 12.0))  # inside a trial, most of the time
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    summary = json.loads(finish(archsearch(tmp_path, *args)))
+    trials = optuna.load_study(study_name="search-tiny", storage=db).get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4 and summary["counts"].get("complete", 0) + summary["counts"].get("pruned", 0) == 4
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for dead in (t for t in trials if t.state == TrialState.FAIL):  # every interrupted trial was run again
+        assert any(t.params == dead.params for t in finished if t.number > dead.number)
