@@ -518,7 +518,8 @@ def analyze(
     json_: JsonOpt = False,
 ) -> None:
     """Effects of depth, parameter count and activation in a study; importances for searches."""
-    from archsearch.analyze import analyze_study, format_tables, write_analysis
+    from archsearch.analysis_report import format_tables, write_analysis
+    from archsearch.analyze import analyze_study
     from archsearch.compare import check_writable
 
     if out_dir is not None:

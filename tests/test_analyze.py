@@ -17,7 +17,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from archsearch.analyze import analyze_study, depth_effect, format_tables, pareto_front, write_analysis
+from archsearch.analysis_report import format_tables, write_analysis
+from archsearch.analyze import analyze_study, depth_effect, pareto_front
 from archsearch.errors import UserError
 from archsearch.objective import spec_attrs
 from archsearch.report import report_rows
