@@ -477,7 +477,7 @@ def evaluate(
     json_: JsonOpt = False,
 ) -> None:
     """Rebuild an exported model and recompute its test metrics; they must equal the recorded ones."""
-    from archsearch.export import evaluate_checkpoint
+    from archsearch.checkpoint import evaluate_checkpoint
 
     _setup_torch(threads, "cpu")
     result = evaluate_checkpoint(directory, data_dir)
@@ -497,7 +497,7 @@ def predict(
     json_: JsonOpt = False,
 ) -> None:
     """Classify images with an exported model."""
-    from archsearch.export import predict_images
+    from archsearch.checkpoint import predict_images
 
     results = predict_images(directory, images)
     if json_:

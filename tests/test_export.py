@@ -24,17 +24,10 @@ from safetensors.torch import save_file
 
 from archsearch import export as export_mod
 from archsearch.artifacts import artifact_store, save_trial_weights
+from archsearch.checkpoint import CONFIG_FILE, WEIGHTS_FILE, evaluate_checkpoint, load_checkpoint, predict_images
 from archsearch.data import CLASSES, Dataset
 from archsearch.errors import UserError
-from archsearch.export import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    ParetoChoiceNeeded,
-    evaluate_checkpoint,
-    export_trial,
-    load_checkpoint,
-    predict_images,
-)
+from archsearch.export import ParetoChoiceNeeded, export_trial
 from archsearch.models import build_model, init_model
 from archsearch.objective import Hooks, run_trial
 from archsearch.report import report_rows
