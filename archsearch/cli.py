@@ -218,7 +218,9 @@ def reproduce(
     with progress.bar(enabled=not json_ and bool(todo)) as bar:
         overall = bar.add_task(f"study {name}: trials", total=len(todo))
         if todo and workers > 1:
-            procs = spawn_workers(workers, storage or DEFAULT_STORAGE, name, device=device, data_dir=data_dir)
+            procs = spawn_workers(
+                workers, storage or DEFAULT_STORAGE, name, device=device, data_dir=data_dir, models=models
+            )
             wait_workers(procs, lambda: bar.update(overall, completed=len(todo) - len(rep.pending(study, cfg))))
             stats = rep.Stats()
         elif todo:
@@ -401,6 +403,9 @@ def _trial_hooks(bar: Any, overall: Any = None) -> Any:
 def worker(
     study: Annotated[str, typer.Option(help="The study to join (made by reproduce or search).")],
     storage: StorageOpt = None,
+    models: Annotated[
+        str | None, typer.Option(help="Reproduce studies: train only these report rows (default: all queued).")
+    ] = None,
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = None,
@@ -408,12 +413,14 @@ def worker(
 ) -> None:
     """Join a study from any machine and train until it has nothing left to do."""
     from archsearch.data import default_data_dir, ensure_raw_files
+    from archsearch.report import parse_indexes
     from archsearch.workers import run_worker
 
+    rows = parse_indexes(models) if models else None
     dev = _setup_torch(threads, device)
     ensure_raw_files(data_dir or default_data_dir())
     with progress.bar(enabled=not json_) as bar:
-        result = run_worker(storage, study, device=dev, data_dir=data_dir, hooks=_trial_hooks(bar))
+        result = run_worker(storage, study, device=dev, data_dir=data_dir, hooks=_trial_hooks(bar), models=rows)
     if json_:
         _emit_json(result)
     else:

@@ -12,11 +12,12 @@ per-step Python overhead runs in parallel); each worker gets ``cores // N`` thre
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,19 @@ def threads_per_worker(workers: int) -> int:
 
 
 def spawn_workers(
-    n: int, storage: str, study_name: str, *, device: str | None, data_dir: Path | None
+    n: int,
+    storage: str,
+    study_name: str,
+    *,
+    device: str | None,
+    data_dir: Path | None,
+    models: str | None = None,
 ) -> list[subprocess.Popen[bytes]]:
-    """Start ``n`` ``archsearch worker`` processes on the study (their output goes to stderr)."""
+    """Start ``n`` ``archsearch worker`` processes on the study (their output goes to stderr); ``models`` limits
+    reproduce workers to the rows the command asked for."""
     cmd = [sys.executable, "-m", "archsearch", "worker", "--study", study_name, "--storage", storage]
+    if models:
+        cmd += ["--models", models]
     cmd += ["--threads", str(threads_per_worker(n))]
     if device:
         cmd += ["--device", device]
@@ -63,7 +73,13 @@ def wait_workers(procs: list[subprocess.Popen[bytes]], poll: Callable[[], None],
 
 
 def run_worker(
-    storage_url: str | None, study_name: str, *, device: Any, data_dir: Path | None, hooks: Hooks | None
+    storage_url: str | None,
+    study_name: str,
+    *,
+    device: Any,
+    data_dir: Path | None,
+    hooks: Hooks | None,
+    models: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Join a study (reproduce or search) and train until it has nothing left to do."""
 
@@ -77,6 +93,8 @@ def run_worker(
     artifact_store = make_store(storage_url) if kind in ("reproduce", "search") else None
     if kind == "reproduce":
         study, rcfg = reproduce.load_reproduce_study(storage, study_name)
+        if models is not None:
+            rcfg = dataclasses.replace(rcfg, indexes=tuple(models))
         data = load_dataset(data_dir, device=device)
         stats = reproduce.run_reproduce(study, rcfg, data, device=device, hooks=hooks, artifact_store=artifact_store)
         return {"study": study_name, "kind": kind, "trained": len(stats.trained), "failed": len(stats.failed)}

@@ -113,3 +113,17 @@ def test_killed_search_resumes_and_retries_the_interrupted_trial(tmp_path: Path)
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     for dead in (t for t in trials if t.state == TrialState.FAIL):  # every interrupted trial was run again
         assert any(t.params == dead.params for t in finished if t.number > dead.number)
+
+
+def test_worker_can_be_limited_to_some_rows(tmp_path: Path) -> None:
+    from archsearch.reproduce import ReproduceConfig, open_reproduce_study
+    from archsearch.storage import open_storage
+    from archsearch.workers import run_worker
+
+    url = f"sqlite:///{tmp_path}/w.db"
+    open_reproduce_study(open_storage(url), "w", ReproduceConfig(indexes=(0, 12), runs=1, epochs=1))
+    result = run_worker(url, "w", device="cpu", data_dir=None, hooks=None, models=[12])
+    states = {
+        t.system_attrs["fixed_params"]["row"]: t.state for t in optuna.load_study(study_name="w", storage=url).trials
+    }
+    assert result["trained"] == 1 and states == {0: TrialState.WAITING, 12: TrialState.COMPLETE}
