@@ -56,6 +56,23 @@ def postgres_url() -> str:
     return url
 
 
+def wait_for_study(url: str, name: str, timeout: float = 120) -> None:
+    """Poll read-only (psycopg) until the first process has created the study; opening the storage through Optuna
+    meanwhile would race it creating the tables."""
+    import psycopg
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with psycopg.connect(url, connect_timeout=5) as con:
+                if con.execute("SELECT 1 FROM studies WHERE study_name = %s", (name,)).fetchone():
+                    return
+        except psycopg.Error:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"study {name} never appeared")
+
+
 def test_four_workers_on_postgresql(tmp_path: Path) -> None:
     url = postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"
@@ -63,7 +80,7 @@ def test_four_workers_on_postgresql(tmp_path: Path) -> None:
     queue = ("reproduce", "--models", ROWS, "--runs", "1", "--epochs", "1", "--storage", url, "--study-name", name)
     workers = []
     first = archsearch(tmp_path, *queue, "--threads", "1", "--json")
-    time.sleep(3)
+    wait_for_study(url, name)
     # ... and four workers join it, as they would from four machines
     for _ in range(4):
         workers.append(archsearch(tmp_path, "worker", "--study", name, "--storage", url, "--threads", "1", "--json"))
