@@ -102,11 +102,19 @@ def init_model(model: nn.Module, generator: torch.Generator) -> nn.Module:
     return model
 
 
+# Activations that commute with max pooling *exactly*, gradients included: max(f(a), f(b)) == f(max(a, b)) for a
+# non-decreasing f, and where f flattens ties (relu's zeros, hardtanh's saturation) its gradient there is zero, so which
+# tied element max-pooling picks cannot matter. Pooling first applies f to 4x fewer values (see FusedModel.features).
+_POOL_COMMUTES = frozenset({"relu", "hardtanh"})
+
+
 class FusedModel(nn.Module):
     """K copies of one architecture with stacked weights.
 
     Input: MLP ``(K, B, 784)``; CNN ``(B, K, 28, 28)`` (run k's images in channel k). Output: ``(K, B, 10)``.
-    Parameters are stored so that run k's slice is exactly run k's plain model (see ``from_models``/``unfuse``).
+    Parameters are stored so that run k's slice is exactly run k's plain model (see ``from_models``/``unfuse``):
+    conv weights stacked along the output channels (a grouped convolution), linear weights as ``(K, out, in)``,
+    nn.Linear's own layout, biases as ``(K, 1, out)``.
     """
 
     def __init__(self, spec: Spec, k: int) -> None:
@@ -129,37 +137,52 @@ class FusedModel(nn.Module):
             features, hidden = c * h * w_, spec.fc
         else:
             features, hidden = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2], spec.hidden
-        # Linear weights as (K, in, out) so that x @ W is a plain batched matmul without transposes.
         self.fc_weights = nn.ParameterList()
         self.fc_biases = nn.ParameterList()
         for width in (*hidden, NUM_CLASSES):
-            self.fc_weights.append(nn.Parameter(torch.empty(k, features, width)))
+            self.fc_weights.append(nn.Parameter(torch.empty(k, width, features)))
             self.fc_biases.append(nn.Parameter(torch.zeros(k, 1, width)))
             features = width
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.conv_layers:
-            # oneDNN's grouped convolution is ~2.5x faster in NHWC (channels_last) than in NCHW on CPU
-            # (benchmarks/bench_trainer.py); parameters stay NCHW so checkpoints and unfuse() are unaffected.
-            x = x.contiguous(memory_format=torch.channels_last)
-            conv = 0
-            for layer in self.conv_layers:
-                if isinstance(layer, ConvLayer):
-                    w = self.conv_weights[conv].contiguous(memory_format=torch.channels_last)
-                    x = self.act(F.conv2d(x, w, self.conv_biases[conv], padding=layer.padding, groups=self.k))
-                    conv += 1
-                elif layer.mode == "max":
-                    x = F.max_pool2d(x, layer.size)
-                else:
-                    x = F.avg_pool2d(x, layer.size)
-            # back to NCHW so each run's features flatten in (C, H, W) order, exactly as in the plain model
-            x = x.contiguous().reshape(x.shape[0], self.k, -1).transpose(0, 1)  # (B, K*C, H, W) -> (K, B, C*H*W)
+    @property
+    def is_cnn(self) -> bool:
+        return bool(self.conv_layers)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the fully connected head, ``(K, B, F)``: the conv trunk's output for a CNN, else ``x``."""
+        if not self.conv_layers:
+            return x
+        # oneDNN's grouped convolution is ~2.5x faster in NHWC (channels_last) than in NCHW on CPU
+        # (benchmarks/bench_trainer.py); parameters stay NCHW so checkpoints and unfuse() are unaffected.
+        x = x.contiguous(memory_format=torch.channels_last)
+        swap = self.spec.activation in _POOL_COMMUTES
+        conv, layers = 0, self.conv_layers
+        for i, layer in enumerate(layers):
+            if isinstance(layer, ConvLayer):
+                w = self.conv_weights[conv].contiguous(memory_format=torch.channels_last)
+                x = F.conv2d(x, w, self.conv_biases[conv], padding=layer.padding, groups=self.k)
+                conv += 1
+                after = layers[i + 1] if i + 1 < len(layers) else None
+                if not (swap and isinstance(after, PoolLayer) and after.mode == "max"):
+                    x = self.act(x)
+            else:
+                x = F.max_pool2d(x, layer.size) if layer.mode == "max" else F.avg_pool2d(x, layer.size)
+                if swap and layer.mode == "max" and i > 0 and isinstance(layers[i - 1], ConvLayer):
+                    x = self.act(x)  # the activation deferred from the conv before (see _POOL_COMMUTES)
+        # back to NCHW so each run's features flatten in (C, H, W) order, exactly as in the plain model
+        return x.contiguous().reshape(x.shape[0], self.k, -1).transpose(0, 1)  # (B, K*C, H, W) -> (K, B, C*H*W)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The fully connected layers: features ``(K, B, F)`` to logits ``(K, B, 10)``."""
         last = len(self.fc_weights) - 1
         for i, (w, b) in enumerate(zip(self.fc_weights, self.fc_biases, strict=True)):
-            x = torch.baddbmm(b, x, w)
+            x = torch.baddbmm(b, x, w.transpose(1, 2))
             if i < last:
                 x = self.act(x)
         return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
     def _plain_params(self, model: nn.Module) -> tuple[list[nn.Conv2d], list[nn.Linear]]:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -176,7 +199,7 @@ class FusedModel(nn.Module):
                 w.copy_(torch.cat([convs[i].weight for convs, _ in per_run]))
                 b.copy_(torch.cat([convs[i].bias for convs, _ in per_run]))  # type: ignore[misc]
             for i, (w, b) in enumerate(zip(fused.fc_weights, fused.fc_biases, strict=True)):
-                w.copy_(torch.stack([lin[i].weight.t() for _, lin in per_run]))
+                w.copy_(torch.stack([lin[i].weight for _, lin in per_run]))
                 b.copy_(torch.stack([lin[i].bias.unsqueeze(0) for _, lin in per_run]))
         return fused
 
@@ -190,6 +213,6 @@ class FusedModel(nn.Module):
                 conv.weight.copy_(w[run * n : (run + 1) * n])
                 conv.bias.copy_(b[run * n : (run + 1) * n])  # type: ignore[union-attr]
             for lin, w, b in zip(linears, self.fc_weights, self.fc_biases, strict=True):
-                lin.weight.copy_(w[run].t())
+                lin.weight.copy_(w[run])
                 lin.bias.copy_(b[run, 0])
         return model

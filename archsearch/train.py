@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch.nn import functional as F
 
 from archsearch.data import Dataset
 from archsearch.metrics import classification_metrics
 from archsearch.models import FusedModel, build_model, init_model
 from archsearch.spec import MLPSpec, Spec
+from archsearch.step import FusedStep
 
 __all__ = ["EpochReport", "Protocol", "RunResult", "TrainResult", "default_device", "predict_plain", "train"]
 
@@ -91,15 +91,6 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _per_sample_loss(logp: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """Loss of each sample from log-probabilities (..., 10) and labels (...)."""
-    if loss == "kl":
-        # KL(one-hot || p) = sum_c t_c (log t_c - log p_c) = -log p_y: with hard targets it *is* cross-entropy.
-        target = F.one_hot(y, logp.shape[-1]).to(logp.dtype)
-        return F.kl_div(logp, target, reduction="none").sum(-1)
-    return -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-
-
 @torch.no_grad()
 def _predict(model: FusedModel, x: torch.Tensor) -> torch.Tensor:
     """Predicted classes (K, N) of every run for the same images x (N, 1, 28, 28)."""
@@ -143,9 +134,7 @@ def train(
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     plain = [init_model(build_model(spec), g) for g in gens]
     model = FusedModel.from_models(spec, plain).to(device)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay, fused=device.type in ("cpu", "cuda")
-    )
+    step_fn = FusedStep(model, lr=protocol.lr, weight_decay=protocol.weight_decay, loss=protocol.loss)
     is_mlp = isinstance(spec, MLPSpec)
     # MLP input is (K, B, 784); CNN input is (B, K, 28, 28) with run k's images in channel k.
     images = data.train_x.reshape(n, -1) if is_mlp else data.train_x.reshape(n, 28, 28)
@@ -165,14 +154,10 @@ def train(
             idx = perms[:, step * bs : (step + 1) * bs]
             x = images[idx] if is_mlp else images[idx.t()]
             y = data.train_y[idx]
-            logp = F.log_softmax(model(x), dim=-1)
-            run_loss = _per_sample_loss(logp, y, protocol.loss).mean(dim=1)  # (K,)
-            opt.zero_grad(set_to_none=True)
-            run_loss.sum().backward()  # runs share nothing, so each gets exactly its own gradient
-            opt.step()
-            loss_sum += run_loss.detach()
+            run_loss = step_fn(x, y)  # (K,): runs share nothing, so each gets exactly its own gradient
+            loss_sum += run_loss
             if record_steps:
-                step_losses.append(run_loss.detach().cpu())
+                step_losses.append(run_loss.cpu())
             done += 1
             if on_step is not None and (done % 200 == 0 or done == total_steps):
                 on_step(done, total_steps)

@@ -1,0 +1,87 @@
+"""The hand-written training step computes autograd's gradients, for every activation, in MLPs and CNNs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from archsearch.models import FusedModel, build_model, init_model
+from archsearch.spec import ACTIVATIONS, MLPSpec, parse_spec
+from archsearch.step import ACTIVATION_BACKWARD, AdamW, FusedStep, per_sample_loss
+
+K, B = 3, 8
+
+
+def test_every_activation_has_a_backward() -> None:
+    assert set(ACTIVATION_BACKWARD) == set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("arch", ["mlp:24,16", "cnn:4c3p1-p2-6c5-ap2-fc12", "cnn:3c5-p2-5c3-p2"])
+@pytest.mark.parametrize("loss", ["ce", "kl"])
+def test_step_gradients_equal_autograd_on_plain_models(arch: str, activation: str, loss: str) -> None:
+    """Each run's gradients equal those autograd gives its own plain model (conv -> activation -> pool order)."""
+    spec = parse_spec(f"{arch}-{activation}")
+    gen = torch.Generator().manual_seed(0)
+    plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(K)]
+    x = torch.rand(K, B, 1, 28, 28, generator=gen) * 2 - 0.5  # negatives too, so relu/hardtanh see ties
+    y = torch.randint(0, 10, (K, B), generator=gen)
+    fused = FusedModel.from_models(spec, plain)
+    step = FusedStep(fused, lr=0.0, weight_decay=0.0, loss=loss)  # lr 0: the weights stay, the gradients remain
+    inp = x.reshape(K, B, 784) if isinstance(spec, MLPSpec) else x.squeeze(2).transpose(0, 1)
+    run_loss = step(inp, y)
+    for k, model in enumerate(plain):
+        logp = torch.log_softmax(model(x[k]), dim=-1)
+        ref_loss = per_sample_loss(logp, y[k], loss).mean()
+        ref_loss.backward()
+        torch.testing.assert_close(run_loss[k], ref_loss.detach(), rtol=1e-6, atol=1e-7)
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        for conv, w, b in zip(convs, fused.conv_weights, fused.conv_biases, strict=True):
+            n = conv.out_channels
+            assert w.grad is not None and b.grad is not None
+            torch.testing.assert_close(w.grad[k * n : (k + 1) * n], conv.weight.grad, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(b.grad[k * n : (k + 1) * n], conv.bias.grad, rtol=1e-5, atol=1e-7)
+        for lin, w, b in zip(linears, fused.fc_weights, fused.fc_biases, strict=True):
+            assert w.grad is not None and b.grad is not None
+            torch.testing.assert_close(w.grad[k], lin.weight.grad, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(b.grad[k, 0], lin.bias.grad, rtol=1e-5, atol=1e-7)
+    for p, q in zip(fused.parameters(), FusedModel.from_models(spec, plain).parameters(), strict=True):
+        assert torch.equal(p, q)  # lr 0 left every weight as it was
+
+
+def test_step_updates_like_torch_adamw() -> None:
+    """Two steps of the fused step move each run's weights as torch.optim.AdamW moves its plain model's."""
+    spec = parse_spec("cnn:4c3-p2-fc16-tanh")
+    plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(K)]
+    fused = FusedModel.from_models(spec, plain)
+    step = FusedStep(fused, lr=1e-2, weight_decay=1e-2)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=1e-2) for m in plain]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        x, y = torch.rand(K, B, 1, 28, 28, generator=gen), torch.randint(0, 10, (K, B), generator=gen)
+        step(x.squeeze(2).transpose(0, 1), y)
+        for k, (model, opt) in enumerate(zip(plain, opts, strict=True)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[k]), y[k]).backward()
+            opt.step()
+    for k, model in enumerate(plain):
+        for a, b in zip(fused.unfuse(k).parameters(), model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_is_torch_fused_adamw_bit_for_bit() -> None:
+    gen = torch.Generator().manual_seed(3)
+    ours = [torch.randn(5, 7, generator=gen), torch.randn(3, generator=gen)]
+    theirs = [nn.Parameter(p.clone()) for p in ours]
+    opt = AdamW(ours, lr=1e-2, weight_decay=1e-3)
+    ref = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=1e-3, fused=True)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=gen) for p in ours]
+        for p, q, g in zip(ours, theirs, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    for p, q in zip(ours, theirs, strict=True):
+        assert torch.equal(p, q.detach())
