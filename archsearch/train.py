@@ -1,12 +1,12 @@
 """The one trainer every command uses. It knows nothing of Optuna: it takes a spec, seeds, a protocol and data
 tensors, and returns plain data. Callers observe (and may stop) training through callbacks.
 
-All seeds of one architecture train together as one ``FusedModel``. Each run keeps everything that makes it *that*
-run: its own generator (seeded with its seed) draws first its Xavier-normal initialisation, then every epoch's
-shuffling order; its loss is averaged over its own batch; AdamW is element-wise, so its optimiser state is its own
-slice of the stacked state. A seed therefore gets the same result in any group, up to float rounding of batched vs
-unbatched kernels (tests/test_train.py checks this against a plain PyTorch loop), and bit-identical results when
-rerun the same way on the same machine.
+All seeds of one architecture train together as one ``FusedModel``, stepped by ``archsearch.step.FusedStep``. Each
+run keeps everything that makes it *that* run: its own generator (seeded with its seed) draws first its Xavier-normal
+initialisation, then every epoch's shuffling order; its loss is averaged over its own batch; AdamW is element-wise,
+so its optimiser state is its own slice of the stacked state. A seed therefore gets the same result in any group, up
+to float rounding of batched vs unbatched kernels (tests/test_train.py checks this against a plain PyTorch loop), and
+bit-identical results when rerun the same way on the same machine.
 """
 
 from __future__ import annotations
@@ -149,10 +149,13 @@ def train(
     for epoch in range(1, protocol.epochs + 1):
         model.train()
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # (K, N)
+        order = perms if is_mlp else perms.t().contiguous()  # MLP batches are (K, B, ...), CNN batches (B, K, ...)
         loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
         for step in range(steps):
             idx = perms[:, step * bs : (step + 1) * bs]
-            x = images[idx] if is_mlp else images[idx.t()]
+            rows = order[:, step * bs : (step + 1) * bs] if is_mlp else order[step * bs : (step + 1) * bs]
+            # index_select on flat indices: ~120 us for a (5, 32) MLP batch here, against ~215 us for images[idx]
+            x = images.index_select(0, rows.reshape(-1)).view(*rows.shape, *images.shape[1:])
             y = data.train_y[idx]
             run_loss = step_fn(x, y)  # (K,): runs share nothing, so each gets exactly its own gradient
             loss_sum += run_loss

@@ -20,9 +20,15 @@ def test_benchmark_runs_and_reports_every_column() -> None:
         "--rows",
         "0",
         "--steps",
+        "201",
+        "--plain-steps",
         "5",
+        "--repeats",
+        "1",
+        "--workers",
+        "1",
         "--estimate-steps",
-        "2",
+        "201",
         "--threads",
         "1",
         "--json",
@@ -33,5 +39,5 @@ def test_benchmark_runs_and_reports_every_column() -> None:
     assert report["matmul_peak_gflops"] > 0 and report["full_reproduction_estimate_min"] > 0
     (row,) = report["rows"]
     assert row["row"] == 0 and row["spec"] == "mlp:linear"
-    for key in ("plain_steps_per_s", "archsearch_steps_per_s", "ratio", "gflops", "peak_pct"):
+    for key in ("plain_steps_per_s", "archsearch_steps_per_s", "ratio", "gflops", "peak_pct", "executed_gflops"):
         assert row[key] > 0
