@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import torch
@@ -103,6 +104,10 @@ def _worker_data() -> Dataset:
     return _DATA
 
 
+def _warm_worker(_: int) -> int:
+    return len(_worker_data().train_y)
+
+
 def workers_steps_per_s(pool: Any, row: int, steps: int, workers: int) -> float:
     """Aggregate model-steps/s of ``workers`` single-threaded processes training at once (``--workers N``)."""
     return float(sum(pool.map(_layout_worker, [(row, steps, 1)] * workers)))
@@ -117,6 +122,52 @@ def executed_flops_per_sample(spec: Any) -> int:
     else:
         first_macs = 784 * (spec.hidden[0] if spec.hidden else 10)
     return 6 * macs_per_sample(spec) - 2 * first_macs
+
+
+def _best_seconds(fn: Any, calls: int = 50) -> float:
+    """Fastest of three timings of ``calls`` calls, per call: the kernel's rate with warm caches."""
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def kernel_ceiling(spec: Any) -> float | None:
+    """Model-steps/s one single-threaded worker would reach if an MLP step were nothing but its kernels.
+
+    Times, with warm caches, exactly the kernels a step runs (per layer the forward ``baddbmm``, the weight-gradient
+    ``bmm`` and, after the first layer, the input-gradient ``bmm``; then the fused AdamW over all parameters) and adds
+    them up: no Python, no activations, no data gathering. The trainer cannot beat this on this machine.
+    """
+    if isinstance(spec, CNNSpec):
+        return None
+    from archsearch.models import FusedModel
+    from archsearch.step import AdamW
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = FusedModel(spec, RUNS)
+        seconds, rows = 0.0, BATCH
+        for i, (w, b) in enumerate(zip(model.fc_weights, model.fc_biases, strict=True)):
+            w, b = w.detach().normal_(), b.detach()
+            h, g = torch.randn(RUNS, rows, w.shape[2]), torch.randn(RUNS, rows, w.shape[1])
+            seconds += _best_seconds(partial(torch.baddbmm, b, h, w.transpose(1, 2)))
+            seconds += _best_seconds(partial(torch.bmm, g.transpose(1, 2), h))
+            if i > 0:
+                seconds += _best_seconds(partial(torch.bmm, g, w))
+        params = [p.detach() for p in model.parameters()]
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        opt = AdamW(params, lr=3e-4, weight_decay=1e-3)
+        seconds += _best_seconds(opt.step, calls=20)
+        return RUNS / seconds
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main() -> int:
@@ -140,6 +191,7 @@ def main() -> int:
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(args.workers) as pool:
+        pool.map(_warm_worker, range(args.workers))  # start-up (imports, dataset) must not overlap a measurement
         for i in (int(s) for s in args.rows.split(",")):
             spec = rows[i].spec
             plains, fuseds, parallels = [], [], []
@@ -151,6 +203,8 @@ def main() -> int:
             plain, fused = statistics.median(plains), statistics.median(fuseds)
             parallel = statistics.median(parallels) if parallels else fused
             best = max(fused, parallel)
+            ceiling = kernel_ceiling(spec)
+            ceiling_workers = ceiling * max(args.workers, 1) if ceiling else None
             gflops = best * 6 * macs_per_sample(spec) * BATCH / 1e9  # the usual count: forward 2·MAC, backward 4·MAC
             executed = best * executed_flops_per_sample(spec) * BATCH / 1e9
             measured.append(
@@ -167,6 +221,9 @@ def main() -> int:
                     "executed_gflops": executed,
                     "executed_peak_pct": 100 * executed / peak,
                     "samples": {"plain": plains, "archsearch": fuseds, "workers": parallels},
+                    # what the kernels alone allow (MLPs): N single-threaded workers each at kernel_ceiling()
+                    "kernel_ceiling_steps_per_s": ceiling_workers,
+                    "kernel_ceiling_ratio": ceiling_workers / plain if ceiling_workers else None,
                 }
             )
             if not args.json:
@@ -205,14 +262,16 @@ def main() -> int:
         w = args.workers
         print(
             f"| row | spec | plain | archsearch, 1 process | archsearch, {w} workers | ratio | GFLOP/s | % of peak "
-            "| executed GFLOP/s | % of peak |"
+            "| executed GFLOP/s | % of peak | kernel ceiling |"
         )
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for m in measured:
+            c = m["kernel_ceiling_steps_per_s"]
+            ceiling = f"{c:.0f} ({m['kernel_ceiling_ratio']:.1f}×)" if c else "—"
             print(
                 f"| {m['row']} | `{m['spec']}` | {m['plain_steps_per_s']:.0f} | {m['archsearch_steps_per_s']:.0f} | "
                 f"{m['archsearch_workers_steps_per_s']:.0f} | {m['ratio_best']:.1f}× | {m['gflops']:.1f} | "
-                f"{m['peak_pct']:.1f}% | {m['executed_gflops']:.1f} | {m['executed_peak_pct']:.1f}% |"
+                f"{m['peak_pct']:.1f}% | {m['executed_gflops']:.1f} | {m['executed_peak_pct']:.1f}% | {ceiling} |"
             )
         print(f"(model-steps/s, medians of {args.repeats}; ratio and GFLOP/s for the faster archsearch layout)")
         print(
