@@ -10,13 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
 from archsearch.spec import NUM_CLASSES
 
@@ -27,6 +20,16 @@ METRIC_NAMES = ("accuracy", "precision", "recall", "f1")
 
 def classification_metrics(preds: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
     """Metrics of predicted class indices against targets: floats, plus per-class accuracy and the confusion matrix."""
+    # Imported here, not at the top: torchmetrics imports torchvision's models, ~150 MB and seconds per process, which
+    # processes that never score (the coordinator of `reproduce --workers`, `archsearch models`) should not pay.
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
     preds, targets = preds.detach().cpu(), targets.detach().cpu()
     kw: dict[str, Any] = {"num_classes": NUM_CLASSES}
     return {

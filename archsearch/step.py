@@ -111,8 +111,9 @@ class AdamW:
         self.fallback = None
         if device.type not in ("cpu", "cuda") or not hasattr(torch, "_fused_adamw_"):
             self.fallback = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        self.exp_avgs = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
+        fused = self.fallback is None
+        self.exp_avgs = [torch.zeros_like(p) for p in params] if fused else []
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in params] if fused else []
         self.step_count = torch.zeros((), dtype=torch.float32, device=device)  # one step counter serves every tensor
 
     @torch.no_grad()

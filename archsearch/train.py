@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from archsearch.data import Dataset
+from archsearch.data import Dataset, as_float
 from archsearch.metrics import classification_metrics
 from archsearch.models import FusedModel, build_model, init_model
 from archsearch.spec import MLPSpec, Spec
@@ -95,7 +95,7 @@ def default_device() -> torch.device:
 def _predict(model: FusedModel, x: torch.Tensor) -> torch.Tensor:
     """Predicted classes (K, N) of every run for the same images x (N, 1, 28, 28)."""
     k, out = model.k, []
-    for chunk in x.split(EVAL_CHUNK):
+    for chunk in map(as_float, x.split(EVAL_CHUNK)):
         if isinstance(model.spec, MLPSpec):
             inp = chunk.reshape(1, chunk.shape[0], -1).expand(k, -1, -1)
         else:
@@ -107,7 +107,7 @@ def _predict(model: FusedModel, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def predict_plain(models: Sequence[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
     """Predicted classes (K, N) of K plain models, evaluated in fixed-size chunks (as export/evaluate does)."""
-    return torch.stack([torch.cat([m(c).argmax(-1) for c in x.split(EVAL_CHUNK)]).cpu() for m in models])
+    return torch.stack([torch.cat([m(as_float(c)).argmax(-1) for c in x.split(EVAL_CHUNK)]).cpu() for m in models])
 
 
 def train(
@@ -155,7 +155,7 @@ def train(
             idx = perms[:, step * bs : (step + 1) * bs]
             rows = order[:, step * bs : (step + 1) * bs] if is_mlp else order[step * bs : (step + 1) * bs]
             # index_select on flat indices: ~120 us for a (5, 32) MLP batch here, against ~215 us for images[idx]
-            x = images.index_select(0, rows.reshape(-1)).view(*rows.shape, *images.shape[1:])
+            x = as_float(images.index_select(0, rows.reshape(-1)).view(*rows.shape, *images.shape[1:]))
             y = data.train_y[idx]
             run_loss = step_fn(x, y)  # (K,): runs share nothing, so each gets exactly its own gradient
             loss_sum += run_loss

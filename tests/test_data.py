@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from archsearch.data import FILES, DataError, Dataset, ensure_raw_files, load_dataset, verify_raw_files
+from archsearch.data import FILES, DataError, Dataset, as_float, ensure_raw_files, load_dataset, verify_raw_files
 from tests.conftest import write_idx
 
 
@@ -18,7 +18,11 @@ def test_decompresses_from_debian_dir_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in raw.iterdir()) == sorted(FILES)  # no temp files left behind
     data = load_dataset(root, debian_dir=tmp_path / "nowhere", download=False, checksums=None)
     assert data.train_x.shape == (64, 1, 28, 28) and data.evals["test"][0].shape == (32, 1, 28, 28)
-    assert data.train_x.dtype == torch.float32 and data.train_x.min() >= 0.0 and data.train_x.max() <= 1.0
+    assert data.train_x.dtype == torch.uint8  # kept as stored; batches are converted by as_float
+    pixels = as_float(data.train_x)
+    assert pixels.dtype == torch.float32 and pixels.min() >= 0.0 and pixels.max() <= 1.0
+    assert torch.equal(as_float(data.train_x[5:9]), pixels[5:9])  # per batch == whole set, exactly
+    assert as_float(pixels) is pixels
 
 
 def test_explicit_directory_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from archsearch import export as export_mod
 from archsearch.artifacts import artifact_store, save_trial_weights
 from archsearch.checkpoint import CONFIG_FILE, WEIGHTS_FILE, evaluate_checkpoint, load_checkpoint, predict_images
-from archsearch.data import CLASSES, Dataset
+from archsearch.data import CLASSES, Dataset, as_float
 from archsearch.errors import UserError
 from archsearch.export import ParetoChoiceNeeded, export_trial
 from archsearch.models import build_model, init_model
@@ -144,7 +144,7 @@ def test_the_other_seed_and_torchscript(study_url: str, exported: Path, tmp_path
 
 @pytest.mark.slow
 def test_predict_png_images(exported: Path, fmnist: Dataset, tmp_path: Path) -> None:
-    x, y = fmnist.evals["test"]
+    x, y = as_float(fmnist.evals["test"][0]), fmnist.evals["test"][1]
     paths = []
     for i in range(20):
         pixels = (x[i, 0] * 255).round().to(torch.uint8).numpy()

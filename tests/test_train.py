@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from archsearch.data import Dataset
+from archsearch.data import Dataset, as_float
 from archsearch.models import build_model, init_model
 from archsearch.report import report_rows
 from archsearch.spec import parse_spec
@@ -21,7 +21,7 @@ def plain_loop(spec: str, seed: int, protocol: Protocol, data: Dataset) -> tuple
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, protocol.batch_size):
             idx = perm[start : start + protocol.batch_size]
-            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            loss = F.cross_entropy(model(as_float(data.train_x[idx])), data.train_y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -42,7 +42,7 @@ def test_fused_run_equals_run_trained_alone(spec: str, small_real: Dataset) -> N
     for a, b in zip(fused.model.unfuse(1).parameters(), alone_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     x, y = small_real.evals["test"]
-    alone_acc = (alone_model(x).argmax(1) == y).float().mean().item()
+    alone_acc = (alone_model(as_float(x)).argmax(1) == y).float().mean().item()
     assert abs(fused.runs[1].metrics["test"]["accuracy"] - alone_acc) <= 2 / len(y)
 
 
