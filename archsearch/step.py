@@ -2,7 +2,7 @@
 
 Why not plain autograd: at batch 32 the step of an MLP is a handful of small batched GEMMs, and on a CPU autograd's
 bookkeeping (graph building, fresh gradient tensors every step, gradient layouts it does not choose for speed) cost
-1.3-1.9x in model-steps per second (benchmarks/bench_trainer.py). Here the gradients of the linear layers are written
+1.25-1.4x in model-steps per second (rows 10, 15, 16). Here the gradients of the linear layers are written
 into buffers allocated once, by the same aten kernels autograd would call (``bmm``, the activations' ``*_backward``
 ops, ``_log_softmax_backward_data``), so the arithmetic is autograd's; tests/test_step.py checks every activation's
 gradient against autograd. A CNN's convolution trunk still runs under autograd (its cost is the convolution kernels,
