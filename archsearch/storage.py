@@ -60,22 +60,41 @@ def open_storage(url: str | None) -> BaseStorage:
             raise UserError(f"storage {url!r}: an SQLite URL needs a file, e.g. sqlite:///archsearch.db")
         _check_parent_writable(Path(path_text), url)
         # Several processes share one SQLite file: wait for locks instead of failing with "database is locked".
-        engine_kwargs = {"connect_args": {"timeout": 120}}
+        # isolation_level=None hands transaction control to SQLAlchemy; see _sqlite_transactions_take_the_lock.
+        engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and have been since v2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
+            storage = RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_S,
                 grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
             )
+            if scheme == "sqlite":
+                _sqlite_transactions_take_the_lock(storage.engine)
+            return storage
     except Exception as err:  # SQLAlchemy raises many types: unknown dialect, refused connection, bad credentials
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot open storage {storage_label(url)}: {first}") from None
+
+
+def _sqlite_transactions_take_the_lock(engine: Any) -> None:
+    """Start every SQLite transaction with BEGIN IMMEDIATE (SQLAlchemy's documented pysqlite recipe).
+
+    Optuna claims a queued trial by reading its state and writing RUNNING if it was WAITING, "FOR UPDATE" on servers;
+    SQLite has no row locks and pysqlite begins a transaction only at the first write, so two processes could both
+    read WAITING and both claim the trial (seen with 4 workers: one trial trained twice, the second tell failed).
+    Taking SQLite's write lock at the start makes each read-check-write atomic; other processes wait (timeout 120 s).
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def load_existing_study(url: str | None, name: str, **kwargs: Any) -> optuna.Study:

@@ -59,3 +59,20 @@ def test_trials_of_dead_local_processes_are_failed(tmp_path: Path, kind: str) ->
         alive.number: TrialState.RUNNING,
         elsewhere.number: TrialState.RUNNING,
     }
+
+
+def test_sqlite_transactions_take_the_write_lock_at_begin(tmp_path: Path) -> None:
+    """A claim (read WAITING, write RUNNING) must be atomic across processes: the lock is held from BEGIN, so another
+    connection cannot start a writing transaction while one that has only *read* is open."""
+    import sqlite3
+
+    from sqlalchemy import text
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    other = sqlite3.connect(tmp_path / "s.db", timeout=0, isolation_level=None)
+    with storage.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("SELECT count(*) FROM trials")).scalar()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # free again once the transaction is over
+    other.execute("ROLLBACK")
