@@ -90,6 +90,8 @@ def run_worker(
     probe = load_existing_study(storage_url, study_name)
     storage = open_storage(storage_url)
     kind = (probe.user_attrs.get("archsearch") or {}).get("kind")
+    if models is not None and kind != "reproduce":
+        raise UserError(f"--models picks report rows; study {study_name!r} is not a reproduce study")
     artifact_store = make_store(storage_url) if kind in ("reproduce", "search") else None
     if kind == "reproduce":
         study, rcfg = reproduce.load_reproduce_study(storage, study_name)

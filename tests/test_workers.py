@@ -144,3 +144,18 @@ def test_worker_can_be_limited_to_some_rows(tmp_path: Path) -> None:
         t.system_attrs["fixed_params"]["row"]: t.state for t in optuna.load_study(study_name="w", storage=url).trials
     }
     assert result["trained"] == 1 and states == {0: TrialState.WAITING, 12: TrialState.COMPLETE}
+
+
+def test_worker_models_only_for_reproduce_studies(tmp_path: Path) -> None:
+    """--models names report rows: on a search study it is refused before any data is loaded or trial claimed."""
+    from archsearch.errors import UserError
+    from archsearch.search import SearchConfig, open_search_study
+    from archsearch.spaces import load_space
+    from archsearch.storage import open_storage
+    from archsearch.workers import run_worker
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    open_search_study(open_storage(url), "s", load_space("mlp"), SearchConfig(space="mlp", n_trials=1, epochs=1))
+    with pytest.raises(UserError, match="not a reproduce study"):
+        run_worker(url, "s", device="cpu", data_dir=tmp_path / "no-data", hooks=None, models=[0])
+    assert optuna.load_study(study_name="s", storage=url).get_trials() == []
