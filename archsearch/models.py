@@ -156,19 +156,20 @@ class FusedModel(nn.Module):
         # (benchmarks/bench_trainer.py); parameters stay NCHW so checkpoints and unfuse() are unaffected.
         x = x.contiguous(memory_format=torch.channels_last)
         swap = self.spec.activation in _POOL_COMMUTES
-        conv, layers = 0, self.conv_layers
+        conv, layers, deferred = 0, self.conv_layers, False
         for i, layer in enumerate(layers):
             if isinstance(layer, ConvLayer):
                 w = self.conv_weights[conv].contiguous(memory_format=torch.channels_last)
                 x = F.conv2d(x, w, self.conv_biases[conv], padding=layer.padding, groups=self.k)
                 conv += 1
                 after = layers[i + 1] if i + 1 < len(layers) else None
-                if not (swap and isinstance(after, PoolLayer) and after.mode == "max"):
+                deferred = swap and isinstance(after, PoolLayer) and after.mode == "max"
+                if not deferred:
                     x = self.act(x)
             else:
                 x = F.max_pool2d(x, layer.size) if layer.mode == "max" else F.avg_pool2d(x, layer.size)
-                if swap and layer.mode == "max" and i > 0 and isinstance(layers[i - 1], ConvLayer):
-                    x = self.act(x)  # the activation deferred from the conv before (see _POOL_COMMUTES)
+                if deferred:  # the conv's activation, applied after the pool (see _POOL_COMMUTES)
+                    x, deferred = self.act(x), False
         # back to NCHW so each run's features flatten in (C, H, W) order, exactly as in the plain model
         return x.contiguous().reshape(x.shape[0], self.k, -1).transpose(0, 1)  # (B, K*C, H, W) -> (K, B, C*H*W)
 

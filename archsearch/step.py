@@ -58,9 +58,10 @@ class FusedStep:
         self.act_backward = ACTIVATION_BACKWARD[model.spec.activation]
         self.fc = list(zip(model.fc_weights, model.fc_biases, strict=True))
         self.conv_params = [*model.conv_weights, *model.conv_biases]
-        with torch.no_grad():  # the optimiser reads .grad; the head's gradients live in these buffers for good
-            for w, b in self.fc:
-                w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
+        # The head's gradients live in these buffers for good; the optimiser finds them as .grad.
+        self.fc_grads = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in self.fc]
+        for (w, b), (gw, gb) in zip(self.fc, self.fc_grads, strict=True):
+            w.grad, b.grad = gw, gb
         self.opt = AdamW(list(model.parameters()), lr=lr, weight_decay=weight_decay)
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
@@ -85,10 +86,9 @@ class FusedStep:
             grad = torch.zeros_like(logp).scatter_(-1, y.unsqueeze(-1), -1.0 / y.shape[1])
             grad = aten._log_softmax_backward_data(grad, logp, -1, logp.dtype)
             for i in reversed(range(len(self.fc))):
-                w, b = self.fc[i]
-                assert w.grad is not None and b.grad is not None
-                torch.bmm(grad.transpose(1, 2), inputs[i], out=w.grad)
-                torch.sum(grad, dim=1, keepdim=True, out=b.grad)
+                w, (grad_w, grad_b) = self.fc[i][0], self.fc_grads[i]
+                torch.bmm(grad.transpose(1, 2), inputs[i], out=grad_w)
+                torch.sum(grad, dim=1, keepdim=True, out=grad_b)
                 if i > 0:
                     grad = self.act_backward(torch.bmm(grad, w), pre[i - 1], post[i - 1])
                 elif model.is_cnn:

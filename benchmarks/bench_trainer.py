@@ -26,9 +26,10 @@ import torch
 from torch.nn import functional as F
 
 from archsearch.data import Dataset, default_data_dir, ensure_raw_files, load_dataset
-from archsearch.models import build_model, init_model, macs_per_sample
+from archsearch.models import FusedModel, build_model, init_model, macs_per_sample
 from archsearch.report import report_rows
-from archsearch.spec import CNNSpec, ConvLayer
+from archsearch.spec import IMAGE_SHAPE, NUM_CLASSES, CNNSpec, ConvLayer
+from archsearch.step import AdamW
 from archsearch.train import Protocol, train
 
 RUNS, EPOCHS, BATCH, TRAIN_SIZE = 5, 50, 32, 60000
@@ -115,12 +116,13 @@ def workers_steps_per_s(pool: Any, row: int, steps: int, workers: int) -> float:
 
 def executed_flops_per_sample(spec: Any) -> int:
     """FLOPs one training sample really costs: 6·MAC minus the first layer's input gradient, which nobody computes."""
+    channels, side, _ = IMAGE_SHAPE
     if isinstance(spec, CNNSpec):
         first = next(layer for layer in spec.layers if isinstance(layer, ConvLayer))
-        side = 28 + 2 * first.padding - first.kernel + 1
-        first_macs = side * side * first.channels * first.kernel**2
+        out = side + 2 * first.padding - first.kernel + 1
+        first_macs = out * out * first.channels * channels * first.kernel**2
     else:
-        first_macs = 784 * (spec.hidden[0] if spec.hidden else 10)
+        first_macs = channels * side * side * (spec.hidden[0] if spec.hidden else NUM_CLASSES)
     return 6 * macs_per_sample(spec) - 2 * first_macs
 
 
@@ -145,9 +147,6 @@ def kernel_ceiling(spec: Any) -> float | None:
     """
     if isinstance(spec, CNNSpec):
         return None
-    from archsearch.models import FusedModel
-    from archsearch.step import AdamW
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
