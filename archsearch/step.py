@@ -7,11 +7,21 @@ into buffers allocated once, by the same aten kernels autograd would call (``bmm
 ops, ``_log_softmax_backward_data``), so the arithmetic is autograd's; tests/test_step.py checks every activation's
 gradient against autograd. A CNN's convolution trunk still runs under autograd (its cost is the convolution kernels,
 not the bookkeeping): the head hands the gradient of its input to ``features.backward``.
+
+Why big layers are *streamed* on a single-threaded CPU worker: a wide layer's weights, gradient and AdamW state (row
+15's first layer: 4 x 8 MB for 5 runs) do not stay in cache between the kernels that touch them, so done layer by
+layer each kernel fetches them from memory again. A streamed layer is processed in blocks of output rows (~1 MB of
+gradient each): the block's share of the input gradient, its weight gradient, its AdamW update and, for an MLP's first
+layer, the *next* batch's forward through the freshly updated rows (the trainer announces the next batch), one after
+the other while the block is still in cache. A streamed layer's whole gradient is never materialised. Measured side
+by side with two workers: row 15 1.09-1.14x model-steps/s, row 10 1.02-1.08x (run-to-run noise here is ~5%).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -19,7 +29,7 @@ from torch import Tensor
 
 from archsearch.models import FusedModel
 
-__all__ = ["ACTIVATION_BACKWARD", "AdamW", "FusedStep", "per_sample_loss"]
+__all__ = ["ACTIVATION_BACKWARD", "BLOCK_BYTES", "STREAM_BYTES", "AdamW", "FusedStep", "per_sample_loss"]
 
 aten = torch.ops.aten
 
@@ -36,6 +46,14 @@ ACTIVATION_BACKWARD: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
     "elu": lambda g, z, a: aten.elu_backward(g, 1.0, 1, 1, False, z),
 }
 
+# Gradient bytes of one block of a streamed layer: the block's weights, gradient and AdamW state (4 x this) pass
+# through a core's L2 (1 MB here) while they are used, instead of each kernel fetching them from memory.
+BLOCK_BYTES = 1 << 20
+# Layers with less gradient than this are not streamed: at a few blocks the extra kernel calls cost more than they save.
+STREAM_BYTES = 2 << 20
+
+AdamGroup = tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]  # params, grads, exp_avgs, exp_avg_sqs
+
 
 def per_sample_loss(logp: Tensor, y: Tensor, loss: str) -> Tensor:
     """Loss of each sample from log-probabilities (..., 10) and labels (...)."""
@@ -46,6 +64,22 @@ def per_sample_loss(logp: Tensor, y: Tensor, loss: str) -> Tensor:
     return -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
 
 
+@dataclass
+class _Block:
+    rows: slice  # output rows of the layer
+    grad: Tensor  # (K, rows, in): this block's weight gradient, reused every step
+    adam: AdamGroup  # the block's rows of every run (the first block also carries the bias)
+
+
+@dataclass
+class _Linear:
+    w: Tensor  # (K, out, in)
+    b: Tensor  # (K, 1, out)
+    grad_b: Tensor
+    grad_w: Tensor | None  # the whole weight gradient, unless the layer is streamed in blocks
+    blocks: list[_Block] | None
+
+
 class FusedStep:
     """Trains ``model`` (K runs) one batch at a time with AdamW; call it with x and labels y ``(K, B)``.
 
@@ -53,56 +87,150 @@ class FusedStep:
     is element-wise, so its fused kernel over the stacked parameters updates each run as if it were alone.
     """
 
-    def __init__(self, model: FusedModel, *, lr: float, weight_decay: float, loss: Literal["ce", "kl"] = "ce") -> None:
+    def __init__(
+        self,
+        model: FusedModel,
+        *,
+        lr: float,
+        weight_decay: float,
+        loss: Literal["ce", "kl"] = "ce",
+        stream_bytes: int | None = None,
+        block_bytes: int = BLOCK_BYTES,
+    ) -> None:
+        """``stream_bytes``: layers with at least this many bytes of weights are streamed in blocks of ``block_bytes``
+        (default: STREAM_BYTES when single-threaded on a CPU, else no streaming)."""
         self.model, self.loss = model, loss
         self.act_backward = ACTIVATION_BACKWARD[model.spec.activation]
-        self.fc = list(zip(model.fc_weights, model.fc_biases, strict=True))
-        self.conv_params = [*model.conv_weights, *model.conv_biases]
-        # The head's gradients live in these buffers for good; the optimiser finds them as .grad.
-        self.fc_grads = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in self.fc]
-        for (w, b), (gw, gb) in zip(self.fc, self.fc_grads, strict=True):
-            w.grad, b.grad = gw, gb
         self.opt = AdamW(list(model.parameters()), lr=lr, weight_decay=weight_decay)
+        # Streaming pays on a single-threaded CPU worker (--workers): on more threads each block's small kernels split
+        # badly (row 15: 0.7x at 2 threads), and a GPU would only see more, smaller kernel launches.
+        cpu = model.fc_weights[0].device.type == "cpu"
+        if stream_bytes is None:
+            stream_bytes = STREAM_BYTES if torch.get_num_threads() == 1 else None
+        stream = self.opt.fallback is None and cpu and stream_bytes is not None
+        with torch.no_grad():
+            self.layers = [
+                self._linear(w, b, stream_bytes if stream else None, block_bytes)
+                for w, b in zip(model.fc_weights, model.fc_biases, strict=True)
+            ]
+        self.conv_params = [*model.conv_weights, *model.conv_biases]
+        # Updated together once the backward is done: everything that is not streamed.
+        self.rest = [*self.conv_params]
+        self.rest += [p for layer in self.layers if layer.blocks is None for p in (layer.w, layer.b)]
+        state = [self.opt.state(p) for p in self.rest] if self.opt.fallback is None else []
+        self.rest_avgs, self.rest_sqs = [m for m, _ in state], [v for _, v in state]
+        self._ahead: tuple[Tensor, Tensor] | None = None  # (next x, its first-layer output), computed a step early
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
-        """One step on batch x (the model's input layout) with labels y ``(K, B)``; returns each run's loss ``(K,)``."""
+    def _linear(self, w: Tensor, b: Tensor, stream_bytes: int | None, block_bytes: int) -> _Linear:
+        grad_b = torch.zeros_like(b)
+        b.grad = grad_b
+        k, out, width = w.shape
+        size = w.numel() * w.element_size()
+        if stream_bytes is None or size < stream_bytes:
+            grad_w = torch.zeros_like(w)
+            w.grad = grad_w  # the buffer the backward writes into, found by AdamW as .grad
+            return _Linear(w, b, grad_b, grad_w, None)
+        rows = math.ceil(out / math.ceil(size / block_bytes))
+        buffer = torch.zeros(k * rows * width, dtype=w.dtype, device=w.device)
+        (w_avg, w_sq), (b_avg, b_sq) = self.opt.state(w), self.opt.state(b)
+        blocks, weights = [], w.detach()
+        for start in range(0, out, rows):
+            sl = slice(start, min(out, start + rows))
+            grad = buffer[: k * (sl.stop - start) * width].view(k, sl.stop - start, width)
+            group: AdamGroup = ([], [], [], [])
+            for run in range(k):  # per run, so that each tensor the kernel sees is contiguous
+                for acc, t in zip(group, (weights[run, sl], grad[run], w_avg[run, sl], w_sq[run, sl]), strict=True):
+                    acc.append(t)
+            if start == 0:  # the bias is updated with the first block, before any row's next forward needs it
+                for acc, t in zip(group, (b.detach(), grad_b, b_avg, b_sq), strict=True):
+                    acc.append(t)
+            blocks.append(_Block(sl, grad, group))
+        return _Linear(w, b, grad_b, None, blocks)
+
+    def __call__(self, x: Tensor, y: Tensor, next_x: Tensor | None = None) -> Tensor:
+        """One step on batch x (the model's input layout) with labels y ``(K, B)``; returns each run's loss ``(K,)``.
+
+        ``next_x``, the batch the next call will get, lets an MLP compute its first layer for it during this step.
+        """
         model = self.model
         features = model.features(x) if model.is_cnn else x
         for p in self.conv_params:
             p.grad = None
+        fused = self.opt.fallback is None
+        ahead = next_x if not model.is_cnn else None
         with torch.no_grad():
             h = features.detach()
             inputs, pre, post = [], [], []
-            for i, (w, b) in enumerate(self.fc):
+            last = len(self.layers) - 1
+            for i, layer in enumerate(self.layers):
                 inputs.append(h)
-                h = torch.baddbmm(b, h, w.transpose(1, 2))
-                if i < len(self.fc) - 1:
+                if i == 0 and self._ahead is not None and self._ahead[0] is x:
+                    h = self._ahead[1]
+                else:
+                    h = torch.baddbmm(layer.b, h, layer.w.transpose(1, 2))
+                if i < last:
                     pre.append(h)
                     h = model.act(h)
                     post.append(h)
+            self._ahead = None
             logp = torch.log_softmax(h, dim=-1)
             run_loss = per_sample_loss(logp, y, self.loss).mean(dim=1)
             # d(mean_b -log p_y)/d log p: -1/B at the label. The same for KL with hard targets (see per_sample_loss).
             grad = torch.zeros_like(logp).scatter_(-1, y.unsqueeze(-1), -1.0 / y.shape[1])
             grad = aten._log_softmax_backward_data(grad, logp, -1, logp.dtype)
-            for i in reversed(range(len(self.fc))):
-                w, (grad_w, grad_b) = self.fc[i][0], self.fc_grads[i]
-                torch.bmm(grad.transpose(1, 2), inputs[i], out=grad_w)
-                torch.sum(grad, dim=1, keepdim=True, out=grad_b)
+            if fused:
+                self.opt.begin()
+            for i in reversed(range(len(self.layers))):
+                layer, need_dx = self.layers[i], i > 0 or model.is_cnn
+                torch.sum(grad, dim=1, keepdim=True, out=layer.grad_b)
+                if layer.blocks is None:
+                    assert layer.grad_w is not None
+                    torch.bmm(grad.transpose(1, 2), inputs[i], out=layer.grad_w)
+                    dx = torch.bmm(grad, layer.w) if need_dx else None
+                else:
+                    dx = self._stream(layer, grad, inputs[i], need_dx, ahead if i == 0 else None)
                 if i > 0:
-                    grad = self.act_backward(torch.bmm(grad, w), pre[i - 1], post[i - 1])
-                elif model.is_cnn:
-                    grad = torch.bmm(grad, w)
+                    assert dx is not None
+                    grad = self.act_backward(dx, pre[i - 1], post[i - 1])
+                elif dx is not None:
+                    grad = dx
         if model.is_cnn:
             features.backward(grad)
-        self.opt.step()
+        with torch.no_grad():
+            if not fused:
+                self.opt.step()
+            elif self.rest:
+                grads = [p.grad for p in self.rest]
+                self.opt.update(self.rest, grads, self.rest_avgs, self.rest_sqs)
+            if ahead is not None and self._ahead is None:  # first layer not streamed: its next forward comes last
+                first = self.layers[0]
+                self._ahead = (ahead, torch.baddbmm(first.b, ahead, first.w.transpose(1, 2)))
         return run_loss
+
+    def _stream(
+        self, layer: _Linear, grad: Tensor, inputs: Tensor, need_dx: bool, ahead: Tensor | None
+    ) -> Tensor | None:
+        """Backward and update of a streamed layer, block by block; returns the gradient of its input if needed."""
+        w, grad_t, dx, ahead_parts = layer.w, grad.transpose(1, 2), None, []
+        for block in layer.blocks or ():
+            rows = block.rows
+            if need_dx:  # with the block's weights before their update
+                g = grad[:, :, rows]
+                dx = torch.bmm(g, w[:, rows]) if dx is None else dx.baddbmm_(g, w[:, rows])
+            torch.bmm(grad_t[:, rows], inputs, out=block.grad)
+            self.opt.update(*block.adam)
+            if ahead is not None:  # into a fresh tensor: out= a strided slice would take a slow per-run path
+                ahead_parts.append(torch.baddbmm(layer.b[:, :, rows], ahead, w[:, rows].transpose(1, 2)))
+        if ahead is not None:
+            self._ahead = (ahead, torch.cat(ahead_parts, dim=2))
+        return dx
 
 
 class AdamW:
     """``torch.optim.AdamW(fused=True)``'s update (PyTorch's defaults: betas 0.9/0.999, eps 1e-8) without its per-step
     Python bookkeeping, which measured ~0.35 ms a step on this 2-core CPU, a tenth of a row-10 step: the state is
-    allocated once and each step is one call of the same fused kernel. Elsewhere than CPU/CUDA it defers to torch.optim.
+    allocated once and each step is one call of the same fused kernel (or a few, on parts of the parameters: see
+    ``begin``/``update``). Elsewhere than CPU/CUDA it defers to torch.optim.
     """
 
     def __init__(self, params: list[Tensor], *, lr: float, weight_decay: float) -> None:
@@ -114,23 +242,40 @@ class AdamW:
         fused = self.fallback is None
         self.exp_avgs = [torch.zeros_like(p) for p in params] if fused else []
         self.exp_avg_sqs = [torch.zeros_like(p) for p in params] if fused else []
+        self._index = {id(p): i for i, p in enumerate(params)}
         self.step_count = torch.zeros((), dtype=torch.float32, device=device)  # one step counter serves every tensor
+
+    def state(self, param: Tensor) -> tuple[Tensor, Tensor]:
+        """(exp_avg, exp_avg_sq) of one of the parameters."""
+        i = self._index[id(param)]
+        return self.exp_avgs[i], self.exp_avg_sqs[i]
 
     @torch.no_grad()
     def step(self) -> None:
+        """A whole step: every parameter from its ``.grad``."""
         if self.fallback is not None:
             self.fallback.step()
             return
         grads = [p.grad for p in self.params]
         assert all(g is not None for g in grads), "every parameter needs a gradient"
+        self.begin()
+        self.update(self.params, grads, self.exp_avgs, self.exp_avg_sqs)  # type: ignore[arg-type]
+
+    def begin(self) -> None:
+        """Start a step; then ``update`` every parameter exactly once, in any number of parts."""
         self.step_count += 1
+
+    def update(
+        self, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor]
+    ) -> None:
+        """AdamW on some parameters (or views of them) with their gradients and the matching views of their state."""
         torch._fused_adamw_(
-            self.params,
-            grads,  # type: ignore[arg-type]
-            self.exp_avgs,
-            self.exp_avg_sqs,
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
             [],
-            [self.step_count] * len(self.params),
+            [self.step_count] * len(params),
             lr=self.lr,
             beta1=0.9,
             beta2=0.999,

@@ -1,9 +1,12 @@
-"""Shared fixtures: the real Fashion-MNIST (integration tests) and small generated IDX files (discovery tests)."""
+"""Shared fixtures: the real Fashion-MNIST (integration tests), small generated IDX files (discovery tests), and
+torch on one thread."""
 
 from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,20 @@ def write_idx(raw: Path, n_train: int = 64, n_test: int = 32, gz: bool = False, 
             body = struct.pack(">II", 2049, n) + torch.randint(0, 10, (n,), generator=g).byte().numpy().tobytes()
         path = raw / (name + (".gz" if gz else ""))
         path.write_bytes(gzip.compress(body) if gz else body)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one thread, as in a --workers process (and like with like on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    with single_thread():
+        yield

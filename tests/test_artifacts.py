@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -25,14 +24,6 @@ from archsearch.storage import artifact_dir, open_storage
 from archsearch.train import Protocol, TrainResult, train
 
 SPEC = "cnn:2c5-p4-fc8-relu"  # tiny but with conv and linear layers: both kinds of fused weights are unfused
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_artifact_store_lives_next_to_the_database(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from archsearch.reproduce import ReproduceConfig, open_reproduce_study, pending
 from archsearch.spec import parse_spec
 from archsearch.storage import open_storage
 from archsearch.train import predict_plain
+from tests.conftest import single_thread
 
 SEEDS = [42, 43]
 
@@ -42,10 +43,8 @@ SEEDS = [42, 43]
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
     """Train and evaluate on one thread: the machine is shared, and evaluated-vs-recorded compares like with like."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from archsearch.models import FusedModel, build_model, init_model
 from archsearch.spec import ACTIVATIONS, MLPSpec, parse_spec
@@ -17,20 +17,31 @@ def test_every_activation_has_a_backward() -> None:
     assert set(ACTIVATION_BACKWARD) == set(ACTIVATIONS)
 
 
+# Forces streaming on these small layers, in blocks of uneven size (24 rows -> 5 blocks: 5, 5, 5, 5, 4).
+STREAMED = {"stream_bytes": 0, "block_bytes": 50_000}
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("arch", ["mlp:24,16", "cnn:4c3p1-p2-6c5-ap2-fc12", "cnn:3c5-p2-5c3-p2"])
 @pytest.mark.parametrize("loss", ["ce", "kl"])
-def test_step_gradients_equal_autograd_on_plain_models(arch: str, activation: str, loss: str) -> None:
-    """Each run's gradients equal those autograd gives its own plain model (conv -> activation -> pool order)."""
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_step_gradients_equal_autograd_on_plain_models(arch: str, activation: str, loss: str, streamed: bool) -> None:
+    """Each run's gradients equal those autograd gives its own plain model (conv -> activation -> pool order).
+
+    Read from AdamW's first moment after one step, (1 - beta1) * gradient, because a streamed layer never holds its
+    whole gradient; with lr 0 the step leaves the weights as they were.
+    """
     spec = parse_spec(f"{arch}-{activation}")
     gen = torch.Generator().manual_seed(0)
     plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(K)]
     x = torch.rand(K, B, 1, 28, 28, generator=gen) * 2 - 0.5  # negatives too, so relu/hardtanh see ties
     y = torch.randint(0, 10, (K, B), generator=gen)
     fused = FusedModel.from_models(spec, plain)
-    step = FusedStep(fused, lr=0.0, weight_decay=0.0, loss=loss)  # lr 0: the weights stay, the gradients remain
+    step = FusedStep(fused, lr=0.0, weight_decay=0.0, loss=loss, **(STREAMED if streamed else {}))
+    assert (step.layers[0].blocks is not None) == streamed
     inp = x.reshape(K, B, 784) if isinstance(spec, MLPSpec) else x.squeeze(2).transpose(0, 1)
     run_loss = step(inp, y)
+    grads = {p: step.opt.state(p)[0] / 0.1 for p in fused.parameters()}
     for k, model in enumerate(plain):
         logp = torch.log_softmax(model(x[k]), dim=-1)
         ref_loss = per_sample_loss(logp, y[k], loss).mean()
@@ -40,28 +51,34 @@ def test_step_gradients_equal_autograd_on_plain_models(arch: str, activation: st
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         for conv, w, b in zip(convs, fused.conv_weights, fused.conv_biases, strict=True):
             n = conv.out_channels
-            assert w.grad is not None and b.grad is not None
-            torch.testing.assert_close(w.grad[k * n : (k + 1) * n], conv.weight.grad, rtol=1e-5, atol=1e-7)
-            torch.testing.assert_close(b.grad[k * n : (k + 1) * n], conv.bias.grad, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(grads[w][k * n : (k + 1) * n], conv.weight.grad, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(grads[b][k * n : (k + 1) * n], conv.bias.grad, rtol=1e-5, atol=1e-7)
         for lin, w, b in zip(linears, fused.fc_weights, fused.fc_biases, strict=True):
-            assert w.grad is not None and b.grad is not None
-            torch.testing.assert_close(w.grad[k], lin.weight.grad, rtol=1e-5, atol=1e-7)
-            torch.testing.assert_close(b.grad[k, 0], lin.bias.grad, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(grads[w][k], lin.weight.grad, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(grads[b][k, 0], lin.bias.grad, rtol=1e-5, atol=1e-7)
     for p, q in zip(fused.parameters(), FusedModel.from_models(spec, plain).parameters(), strict=True):
         assert torch.equal(p, q)  # lr 0 left every weight as it was
 
 
-def test_step_updates_like_torch_adamw() -> None:
-    """Two steps of the fused step move each run's weights as torch.optim.AdamW moves its plain model's."""
-    spec = parse_spec("cnn:4c3-p2-fc16-tanh")
+@pytest.mark.parametrize("arch", ["cnn:4c3-p2-fc24-tanh", "mlp:24,16-tanh"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_step_updates_like_torch_adamw(arch: str, streamed: bool) -> None:
+    """Three steps of the fused step move each run's weights as torch.optim.AdamW moves its plain model's."""
+    spec = parse_spec(arch)
     plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(K)]
     fused = FusedModel.from_models(spec, plain)
-    step = FusedStep(fused, lr=1e-2, weight_decay=1e-2)
+    step = FusedStep(fused, lr=1e-2, weight_decay=1e-2, **(STREAMED if streamed else {}))
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=1e-2) for m in plain]
     gen = torch.Generator().manual_seed(1)
-    for _ in range(2):
-        x, y = torch.rand(K, B, 1, 28, 28, generator=gen), torch.randint(0, 10, (K, B), generator=gen)
-        step(x.squeeze(2).transpose(0, 1), y)
+    batches = [
+        (torch.rand(K, B, 1, 28, 28, generator=gen), torch.randint(0, 10, (K, B), generator=gen)) for _ in range(3)
+    ]
+    fused_input = [
+        x.reshape(K, B, 784) if isinstance(spec, MLPSpec) else x.squeeze(2).transpose(0, 1) for x, _ in batches
+    ]
+    for i, (x, y) in enumerate(batches):
+        # the next batch announced, as the trainer does: an MLP computes its first layer for it a step early
+        step(fused_input[i], y, fused_input[i + 1] if i + 1 < len(batches) else None)
         for k, (model, opt) in enumerate(zip(plain, opts, strict=True)):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[k]), y[k]).backward()
@@ -69,6 +86,27 @@ def test_step_updates_like_torch_adamw() -> None:
     for k, model in enumerate(plain):
         for a, b in zip(fused.unfuse(k).parameters(), model.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_first_layer_computed_ahead_is_used_only_for_the_announced_batch(streamed: bool) -> None:
+    """A step given ``next_x`` computes the first layer for it; a call with any other batch must not use it."""
+    spec = parse_spec("mlp:24-relu")
+    plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(K)]
+    gen = torch.Generator().manual_seed(2)
+    x1, x2, other = (torch.rand(K, B, 784, generator=gen) for _ in range(3))
+    y1, y2 = (torch.randint(0, 10, (K, B), generator=gen) for _ in range(2))
+    kwargs = STREAMED if streamed else {}
+
+    def two_steps(announce: torch.Tensor | None, second: torch.Tensor) -> Tensor:
+        step = FusedStep(FusedModel.from_models(spec, plain), lr=1e-2, weight_decay=0.0, **kwargs)
+        step(x1, y1, announce)
+        return step(second, y2)
+
+    reference = two_steps(None, x2)
+    torch.testing.assert_close(two_steps(x2, x2), reference, rtol=1e-6, atol=1e-7)  # announced: computed ahead
+    assert not torch.allclose(two_steps(x2, other), reference)  # another batch than announced: its own forward
+    torch.testing.assert_close(two_steps(x2, other), two_steps(None, other), rtol=1e-6, atol=1e-7)
 
 
 def test_adamw_is_torch_fused_adamw_bit_for_bit() -> None:

@@ -5,9 +5,10 @@ import torch
 from torch.nn import functional as F
 
 from archsearch.data import Dataset, as_float
-from archsearch.models import build_model, init_model
+from archsearch.models import FusedModel, build_model, init_model
 from archsearch.report import report_rows
 from archsearch.spec import parse_spec
+from archsearch.step import FusedStep
 from archsearch.train import EpochReport, Protocol, train
 
 
@@ -29,8 +30,15 @@ def plain_loop(spec: str, seed: int, protocol: Protocol, data: Dataset) -> tuple
     return losses, model
 
 
-@pytest.mark.parametrize("spec", ["mlp:64,32-tanh", "cnn:4c5-p2-8c3-p2-fc32"])
-def test_fused_run_equals_run_trained_alone(spec: str, small_real: Dataset) -> None:
+def streams_first_layer(spec: str, k: int) -> bool:
+    """Whether FusedStep processes the first layer in blocks for K = k (only when single-threaded: ``one_thread``)."""
+    return FusedStep(FusedModel(parse_spec(spec), k), lr=0.0, weight_decay=0.0).layers[0].blocks is not None
+
+
+# mlp:256,32 with 3 runs has a first layer big enough to be streamed, so both ways of stepping are compared.
+@pytest.mark.parametrize("spec", ["mlp:64,32-tanh", "mlp:256,32-relu", "cnn:4c5-p2-8c3-p2-fc32"])
+def test_fused_run_equals_run_trained_alone(spec: str, small_real: Dataset, one_thread: None) -> None:
+    assert streams_first_layer(spec, 3) == spec.startswith("mlp:256")
     protocol = Protocol(epochs=3)  # 300 steps of 32
     fused = train(parse_spec(spec), [7, 8, 9], protocol, small_real, record_steps=True)
     alone_losses, alone_model = plain_loop(spec, 8, protocol, small_real)
@@ -55,8 +63,10 @@ def test_seed_result_does_not_depend_on_group(small_real: Dataset) -> None:
     )
 
 
-def test_same_seed_is_bit_identical(small_real: Dataset) -> None:
-    spec, protocol = parse_spec("cnn:4c5-p2-fc16"), Protocol(epochs=1)
+@pytest.mark.parametrize("arch", ["cnn:4c5-p2-fc16", "mlp:400-relu"])
+def test_same_seed_is_bit_identical(arch: str, small_real: Dataset, one_thread: None) -> None:
+    assert streams_first_layer(arch, 2) == arch.startswith("mlp")
+    spec, protocol = parse_spec(arch), Protocol(epochs=1)
     a = train(spec, [42, 43], protocol, small_real, record_steps=True)
     b = train(spec, [42, 43], protocol, small_real, record_steps=True)
     assert [r.step_losses for r in a.runs] == [r.step_losses for r in b.runs]
