@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -41,3 +42,14 @@ def test_benchmark_runs_and_reports_every_column() -> None:
     assert row["row"] == 0 and row["spec"] == "mlp:linear"
     for key in ("plain_steps_per_s", "archsearch_steps_per_s", "ratio", "gflops", "peak_pct", "executed_gflops"):
         assert row[key] > 0
+
+
+def test_workers_estimate_schedules_rows_in_table_order() -> None:
+    """The --workers estimate: each worker takes the next row when it is free, so a long last row finishes late."""
+    spec = importlib.util.spec_from_file_location("bench_trainer", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.makespan([3.0, 1.0, 1.0, 1.0], 2) == 3.0  # 3 | 1 + 1 + 1
+    assert bench.makespan([1.0, 1.0, 5.0], 2) == 6.0  # the 5 waits for a worker: 1 + 5 | 1
+    assert bench.makespan([2.0, 2.0], 1) == 4.0
