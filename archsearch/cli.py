@@ -60,8 +60,9 @@ def _emit_json(data: Any) -> None:
 def _setup_torch(threads: int | None, device: str | None) -> Any:
     import torch
 
-    from archsearch.train import default_device
+    from archsearch.train import default_device, use_huge_pages
 
+    use_huge_pages()  # before any tensor exists
     if threads:
         torch.set_num_threads(threads)
     import optuna

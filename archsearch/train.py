@@ -12,6 +12,7 @@ bit-identical results when rerun the same way on the same machine.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,16 @@ from archsearch.models import FusedModel, build_model, init_model
 from archsearch.spec import MLPSpec, Spec
 from archsearch.step import FusedStep
 
-__all__ = ["EpochReport", "Protocol", "RunResult", "TrainResult", "default_device", "predict_plain", "train"]
+__all__ = [
+    "EpochReport",
+    "Protocol",
+    "RunResult",
+    "TrainResult",
+    "default_device",
+    "predict_plain",
+    "train",
+    "use_huge_pages",
+]
 
 EVAL_CHUNK = 2000
 
@@ -89,6 +99,17 @@ class TrainResult:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def use_huge_pages() -> None:
+    """Back CPU tensors of 2 MB and more with transparent huge pages (Linux; where THP is at least ``madvise``).
+
+    A step walks the weights, AdamW state and dataset of a few tens of MB, more than 4 kB pages' TLB reach: measured
+    side by side with two workers, row 15 1.07x and row 16 1.03x model-steps/s. torch reads the switch once, at the
+    process's first tensor allocation, so this must run before that; workers inherit it through the environment.
+    An explicit ``THP_MEM_ALLOC_ENABLE`` in the environment wins.
+    """
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from archsearch.models import FusedModel, build_model, init_model, macs_per_samp
 from archsearch.report import report_rows
 from archsearch.spec import IMAGE_SHAPE, NUM_CLASSES, CNNSpec, ConvLayer
 from archsearch.step import AdamW
-from archsearch.train import Protocol, train
+from archsearch.train import Protocol, train, use_huge_pages
 
 RUNS, EPOCHS, BATCH, TRAIN_SIZE = 5, 50, 32, 60000
 
@@ -200,6 +200,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the workers layout")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    use_huge_pages()  # as the CLI does, before any tensor exists (the spawned workers inherit it)
     if args.threads:
         torch.set_num_threads(args.threads)
     ensure_raw_files(default_data_dir())

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -134,3 +139,24 @@ def test_one_diverging_run_does_not_spoil_the_others(small_real: Dataset, monkey
     assert mixed.runs[0].metrics["test"]["accuracy"] == pytest.approx(
         alone.runs[0].metrics["test"]["accuracy"], abs=2e-3
     )
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(not THP.exists() or "[never]" in THP.read_text(), reason="no transparent huge pages here")
+@pytest.mark.parametrize("env", [None, "0"])
+def test_big_tensors_get_huge_pages_unless_the_environment_says_no(env: str | None) -> None:
+    code = (
+        "from archsearch.train import use_huge_pages\n"
+        "use_huge_pages()\n"
+        "import torch\n"
+        "x = torch.zeros(16 << 20); x += 1\n"  # 64 MB, touched
+        "print(next(l.split()[1] for l in open('/proc/self/smaps_rollup') if l.startswith('AnonHugePages')))\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if env is not None:
+        environ["THP_MEM_ALLOC_ENABLE"] = env
+    out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True)
+    huge_kb = int(out.stdout.strip())
+    assert huge_kb > 0 if env is None else huge_kb == 0
