@@ -104,13 +104,13 @@ class FusedStep:
         self.opt = AdamW(list(model.parameters()), lr=lr, weight_decay=weight_decay)
         # Streaming pays on a single-threaded CPU worker (--workers): on more threads each block's small kernels split
         # badly (row 15: 0.7x at 2 threads), and a GPU would only see more, smaller kernel launches.
-        cpu = model.fc_weights[0].device.type == "cpu"
         if stream_bytes is None:
             stream_bytes = STREAM_BYTES if torch.get_num_threads() == 1 else None
-        stream = self.opt.fallback is None and cpu and stream_bytes is not None
+        if self.opt.fallback is not None or model.fc_weights[0].device.type != "cpu":
+            stream_bytes = None
         with torch.no_grad():
             self.layers = [
-                self._linear(w, b, stream_bytes if stream else None, block_bytes)
+                self._linear(w, b, stream_bytes, block_bytes)
                 for w, b in zip(model.fc_weights, model.fc_biases, strict=True)
             ]
         self.conv_params = [*model.conv_weights, *model.conv_biases]

@@ -89,10 +89,11 @@ def fused_timing(spec: Any, steps: int, data: Dataset, full_eval: bool = False) 
     return rate, result.seconds - RUNS * steps / rate
 
 
-def _layout_worker(args: tuple[int, int, int]) -> float:
-    row, steps, threads = args
-    torch.set_num_threads(threads)
-    return fused_timing(report_rows()[row].spec, steps, _worker_data())[0]
+def _worker_timing(args: tuple[int, int, bool]) -> tuple[float, float]:
+    """``fused_timing`` of report row ``row`` in a single-threaded pool process, as a ``--workers`` process trains."""
+    row, steps, full_eval = args
+    torch.set_num_threads(1)
+    return fused_timing(report_rows()[row].spec, steps, _worker_data(), full_eval)
 
 
 _DATA: Dataset | None = None
@@ -107,12 +108,6 @@ def _worker_data() -> Dataset:
 
 def _warm_worker(_: int) -> int:
     return len(_worker_data().train_y)
-
-
-def _estimate_worker(args: tuple[int, int]) -> tuple[float, float]:
-    row, steps = args
-    torch.set_num_threads(1)
-    return fused_timing(report_rows()[row].spec, steps, _worker_data(), full_eval=True)
 
 
 def row_seconds(rate: float, outside: float) -> float:
@@ -131,7 +126,7 @@ def makespan(seconds: list[float], workers: int) -> float:
 
 def workers_steps_per_s(pool: Any, row: int, steps: int, workers: int) -> float:
     """Aggregate model-steps/s of ``workers`` single-threaded processes training at once (``--workers N``)."""
-    return float(sum(pool.map(_layout_worker, [(row, steps, 1)] * workers)))
+    return float(sum(rate for rate, _ in pool.map(_worker_timing, [(row, steps, False)] * workers)))
 
 
 def executed_flops_per_sample(spec: Any) -> int:
@@ -263,7 +258,7 @@ def main() -> int:
         for row in range(len(rows)):
             single.append(row_seconds(*fused_timing(rows[row].spec, args.estimate_steps, data, full_eval=True)))
             if args.workers > 1:
-                timings = pool.map(_estimate_worker, [(row, args.estimate_steps)] * args.workers)
+                timings = pool.map(_worker_timing, [(row, args.estimate_steps, True)] * args.workers)
                 per_worker.append(statistics.mean(row_seconds(*t) for t in timings))
     peak = max(peak, matmul_peak())  # measured again at the end: the higher (stricter) one counts
     for m in measured:

@@ -27,7 +27,7 @@ def test_benchmark_runs_and_reports_every_column() -> None:
         "--repeats",
         "1",
         "--workers",
-        "1",
+        "2",  # the workers layout and the workers estimate run too
         "--estimate-steps",
         "201",
         "--threads",
@@ -38,9 +38,11 @@ def test_benchmark_runs_and_reports_every_column() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert report["matmul_peak_gflops"] > 0 and report["full_reproduction_estimate_min"] > 0
+    assert report["workers"] == 2 and report["full_reproduction_estimate_workers_min"] > 0
     (row,) = report["rows"]
     assert row["row"] == 0 and row["spec"] == "mlp:linear"
-    for key in ("plain_steps_per_s", "archsearch_steps_per_s", "ratio", "gflops", "peak_pct", "executed_gflops"):
+    keys = ("plain_steps_per_s", "archsearch_steps_per_s", "archsearch_workers_steps_per_s", "ratio", "gflops")
+    for key in (*keys, "peak_pct", "executed_gflops"):
         assert row[key] > 0
 
 
