@@ -15,12 +15,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from archsearch.data import Dataset, as_float
+from archsearch.graphs import DeviceBatches, GraphedStep, gather_batch
 from archsearch.metrics import classification_metrics
 from archsearch.models import FusedModel, build_model, init_model
 from archsearch.spec import MLPSpec, Spec
@@ -112,6 +114,29 @@ def use_huge_pages() -> None:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
+@contextmanager
+def _gpu_numerics(device: torch.device) -> Iterator[None]:
+    """On a GPU, cuDNN convolutions in true float32 and with deterministic algorithms while training; the previous
+    settings are restored after.
+
+    PyTorch lets convolutions round through TF32 by default, which moves a CNN's GPU results ~1e-3 away from the
+    CPU's float32, and lets cuDNN pick algorithms that accumulate in a varying order: two runs of the report's CNN
+    with the same seeds on an H200 gave mean accuracies 0.8987 and 0.9004 (its MLPs, all GEMMs, came out identical).
+    A step of these models is bound by kernel launches, not by the convolutions' arithmetic, so neither setting is
+    expected to cost speed (not yet measured on a GPU).
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    before = cudnn.allow_tf32, cudnn.deterministic
+    cudnn.allow_tf32, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, cudnn.deterministic = before
+
+
 @torch.no_grad()
 def _predict(model: FusedModel, x: torch.Tensor) -> torch.Tensor:
     """Predicted classes (K, N) of every run for the same images x (N, 1, 28, 28)."""
@@ -132,15 +157,11 @@ def predict_plain(models: Sequence[torch.nn.Module], x: torch.Tensor) -> torch.T
 
 
 def _batches(
-    images: torch.Tensor, labels: torch.Tensor, perms: torch.Tensor, bs: int, is_mlp: bool
+    images: torch.Tensor, labels: torch.Tensor, perms: torch.Tensor, bs: int, is_mlp: bool, start: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch's batches (x, y) in each run's own order ``perms`` (K, N); x in the fused model's input layout."""
-    order = perms if is_mlp else perms.t().contiguous()  # MLP batches are (K, B, ...), CNN batches (B, K, ...)
-    for start in range(0, perms.shape[1], bs):
-        rows = order[:, start : start + bs] if is_mlp else order[start : start + bs]
-        # index_select on flat indices: ~120 us for a (5, 32) MLP batch here, against ~215 us for images[idx]
-        x = as_float(images.index_select(0, rows.reshape(-1)).view(*rows.shape, *images.shape[1:]))
-        yield x, labels[perms[:, start : start + bs]]
+    """One epoch's batches (x, y) in each run's own order ``perms`` (K, N), from sample ``start`` on."""
+    for first in range(start, perms.shape[1], bs):
+        yield gather_batch(images, labels, perms[:, first : first + bs], is_mlp)
 
 
 def train(
@@ -153,69 +174,86 @@ def train(
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     record_steps: bool = False,
+    cuda_graphs: bool = True,
 ) -> TrainResult:
     """Train one architecture once per seed, all seeds fused into one model.
 
     ``on_epoch`` gets an :class:`EpochReport` after each epoch and may raise to stop training (Optuna's pruning does).
     ``on_step(done, total)`` is called every few hundred steps for progress displays. ``record_steps`` keeps every
-    step's loss per run (costly; for tests).
+    step's loss per run (costly; for tests). On a CUDA device the steps are replayed from a CUDA graph unless
+    ``cuda_graphs`` is False (see archsearch.graphs).
     """
     start = time.perf_counter()
     device = torch.device(device) if device is not None else data.train_x.device
-    data = data.to(device)
-    k, n = len(seeds), len(data.train_y)
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    plain = [init_model(build_model(spec), g) for g in gens]
-    model = FusedModel.from_models(spec, plain).to(device)
-    step_fn = FusedStep(model, lr=protocol.lr, weight_decay=protocol.weight_decay, loss=protocol.loss)
-    is_mlp = isinstance(spec, MLPSpec)
-    # MLP input is (K, B, 784); CNN input is (B, K, 28, 28) with run k's images in channel k.
-    images = data.train_x.reshape(n, -1) if is_mlp else data.train_x.reshape(n, 28, 28)
-    monitor = "val" if "val" in data.evals else "test"
-    mon_x, mon_y = data.evals[monitor]
-    bs = protocol.batch_size
-    steps = math.ceil(n / bs)
-    total_steps, done = steps * protocol.epochs, 0
-    diverged = torch.zeros(k, dtype=torch.bool)
-    history: list[list[dict[str, float]]] = [[] for _ in seeds]
-    step_losses: list[torch.Tensor] = []
-    for epoch in range(1, protocol.epochs + 1):
-        model.train()
-        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # (K, N)
-        loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
-        batches = _batches(images, data.train_y, perms, bs, is_mlp)
-        x, y = next(batches)
-        for _ in range(steps):
-            # The next batch is known a step early: the step computes an MLP's first layer for it (see FusedStep)
+    with _gpu_numerics(device):
+        data = data.to(device)
+        k, n = len(seeds), len(data.train_y)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        plain = [init_model(build_model(spec), g) for g in gens]
+        model = FusedModel.from_models(spec, plain).to(device)
+        step_fn = FusedStep(model, lr=protocol.lr, weight_decay=protocol.weight_decay, loss=protocol.loss)
+        is_mlp = isinstance(spec, MLPSpec)
+        # MLP input is (K, B, 784); CNN input is (B, K, 28, 28) with run k's images in channel k.
+        images = data.train_x.reshape(n, -1) if is_mlp else data.train_x.reshape(n, 28, 28)
+        monitor = "val" if "val" in data.evals else "test"
+        mon_x, mon_y = data.evals[monitor]
+        bs = protocol.batch_size
+        steps = math.ceil(n / bs)
+        total_steps, done = steps * protocol.epochs, 0
+        diverged = torch.zeros(k, dtype=torch.bool)
+        history: list[list[dict[str, float]]] = [[] for _ in seeds]
+        step_losses: list[torch.Tensor] = []
+        graphed = None
+        if cuda_graphs and device.type == "cuda":
+            graphed = GraphedStep(step_fn, DeviceBatches(images, data.train_y, k, bs, is_mlp))
+        for epoch in range(1, protocol.epochs + 1):
+            model.train()
+            perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # (K, N)
+            loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
+            replayed = 0
+            if graphed is not None:
+                graphed.batches.start_epoch(perms)
+                replayed = graphed.batches.full
+            batches = _batches(images, data.train_y, perms, bs, is_mlp, start=replayed * bs)
             upcoming = next(batches, None)
-            # (K,): runs share nothing, so each gets exactly its own gradient
-            run_loss = step_fn(x, y, upcoming[0] if upcoming is not None else None)
-            loss_sum += run_loss
-            if record_steps:
-                step_losses.append(run_loss.cpu())
-            done += 1
-            if on_step is not None and (done % 200 == 0 or done == total_steps):
-                on_step(done, total_steps)
-            if upcoming is not None:
-                x, y = upcoming
-        mean_loss = (loss_sum / steps).cpu()
-        diverged |= ~torch.isfinite(mean_loss)
+            for i in range(steps):
+                if i < replayed:
+                    assert graphed is not None
+                    run_loss = graphed()
+                else:
+                    assert upcoming is not None
+                    x, y = upcoming
+                    # The next batch is known a step early: an MLP's step computes its first layer (see FusedStep)
+                    upcoming = next(batches, None)
+                    # (K,): runs share nothing, so each gets exactly its own gradient
+                    run_loss = step_fn(x, y, upcoming[0] if upcoming is not None else None)
+                loss_sum += run_loss
+                if record_steps:
+                    step_losses.append(run_loss.cpu())
+                done += 1
+                if on_step is not None and (done % 200 == 0 or done == total_steps):
+                    on_step(done, total_steps)
+            mean_loss = (loss_sum / steps).cpu()
+            diverged |= ~torch.isfinite(mean_loss)
+            model.eval()
+            acc = (_predict(model, mon_x) == mon_y).double().mean(dim=1).cpu()
+            for r in range(k):
+                loss_r, acc_r = float(mean_loss[r]), float(acc[r])
+                history[r].append({"epoch": epoch, "train_loss": loss_r, f"{monitor}_accuracy": acc_r})
+            if on_epoch is not None:
+                on_epoch(
+                    EpochReport(epoch, protocol.epochs, monitor, acc.tolist(), mean_loss.tolist(), diverged.tolist())
+                )
         model.eval()
-        acc = (_predict(model, mon_x) == mon_y).double().mean(dim=1).cpu()
-        for r in range(k):
-            history[r].append({"epoch": epoch, "train_loss": float(mean_loss[r]), f"{monitor}_accuracy": float(acc[r])})
-        if on_epoch is not None:
-            report = EpochReport(epoch, protocol.epochs, monitor, acc.tolist(), mean_loss.tolist(), diverged.tolist())
-            on_epoch(report)
-    model.eval()
-    # Final metrics come from each run's *plain* model: the exact computation an exported checkpoint performs,
-    # so `archsearch evaluate` reproduces the recorded numbers bit for bit (batched kernels round differently).
-    plain_models = [model.unfuse(r).to(device).eval() for r in range(k)]
-    final = {split: predict_plain(plain_models, x) for split, (x, _) in data.evals.items()}
-    steps_by_run = torch.stack(step_losses, dim=1).tolist() if record_steps else None
-    runs = []
-    for r, seed in enumerate(seeds):
-        metrics = {split: classification_metrics(final[split][r], y) for split, (_, y) in data.evals.items()}
-        losses = steps_by_run[r] if steps_by_run is not None else None
-        runs.append(RunResult(int(seed), metrics, history[r], bool(diverged[r]), losses))
-    return TrainResult(str(spec), protocol.to_dict(), runs, time.perf_counter() - start, model)
+        # Final metrics come from each run's *plain* model on the CPU: the exact computation `archsearch evaluate`
+        # performs on an exported checkpoint, so it reproduces the recorded numbers bit for bit (batched kernels, and
+        # a GPU's, round differently: a borderline image or two would change class).
+        plain_models = [model.unfuse(r).eval() for r in range(k)]
+        final = {split: predict_plain(plain_models, x.cpu()) for split, (x, _) in data.evals.items()}
+        steps_by_run = torch.stack(step_losses, dim=1).tolist() if record_steps else None
+        runs = []
+        for r, seed in enumerate(seeds):
+            metrics = {split: classification_metrics(final[split][r], y) for split, (_, y) in data.evals.items()}
+            losses = steps_by_run[r] if steps_by_run is not None else None
+            runs.append(RunResult(int(seed), metrics, history[r], bool(diverged[r]), losses))
+        return TrainResult(str(spec), protocol.to_dict(), runs, time.perf_counter() - start, model)

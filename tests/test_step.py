@@ -11,6 +11,7 @@ from archsearch.spec import ACTIVATIONS, MLPSpec, parse_spec
 from archsearch.step import ACTIVATION_BACKWARD, AdamW, FusedStep, per_sample_loss
 
 K, B = 3, 8
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def test_every_activation_has_a_backward() -> None:
@@ -123,3 +124,30 @@ def test_adamw_is_torch_fused_adamw_bit_for_bit() -> None:
         ref.step()
     for p, q in zip(ours, theirs, strict=True):
         assert torch.equal(p, q.detach())
+
+
+@cuda
+@pytest.mark.parametrize("arch", ["mlp:24,16-gelu", "cnn:4c3p1-p2-6c5-ap2-fc12-relu"])
+def test_step_gradients_on_gpu_equal_autograd(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # float32 convolutions on both sides, as the trainer runs them (PyTorch's default would round through TF32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    spec, k, b = parse_spec(arch), 3, 8
+    gen = torch.Generator().manual_seed(0)
+    plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)).cuda() for s in range(k)]
+    x = (torch.rand(k, b, 1, 28, 28, generator=gen) * 2 - 0.5).cuda()
+    y = torch.randint(0, 10, (k, b), generator=gen).cuda()
+    fused = FusedModel.from_models(spec, plain).cuda()
+    step = FusedStep(fused, lr=0.0, weight_decay=0.0)
+    run_loss = step(x.reshape(k, b, 784) if isinstance(spec, MLPSpec) else x.squeeze(2).transpose(0, 1), y)
+    for r, model in enumerate(plain):
+        ref = per_sample_loss(torch.log_softmax(model(x[r]), dim=-1), y[r], "ce").mean()
+        ref.backward()
+        torch.testing.assert_close(run_loss[r], ref.detach(), rtol=1e-5, atol=1e-6)
+        grads = {p: step.opt.state(p)[0] / 0.1 for p in fused.parameters()}  # see the CPU test above
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        for conv, w in zip(convs, fused.conv_weights, strict=True):
+            n = conv.out_channels
+            torch.testing.assert_close(grads[w][r * n : (r + 1) * n], conv.weight.grad, rtol=1e-4, atol=1e-6)
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        for lin, w in zip(linears, fused.fc_weights, strict=True):
+            torch.testing.assert_close(grads[w][r], lin.weight.grad, rtol=1e-4, atol=1e-6)

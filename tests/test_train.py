@@ -10,11 +10,12 @@ import torch
 from torch.nn import functional as F
 
 from archsearch.data import Dataset, as_float
+from archsearch.metrics import classification_metrics
 from archsearch.models import FusedModel, build_model, init_model
 from archsearch.report import report_rows
 from archsearch.spec import parse_spec
 from archsearch.step import FusedStep
-from archsearch.train import EpochReport, Protocol, train
+from archsearch.train import EpochReport, Protocol, predict_plain, train
 
 
 def plain_loop(spec: str, seed: int, protocol: Protocol, data: Dataset) -> tuple[list[float], torch.nn.Module]:
@@ -33,6 +34,9 @@ def plain_loop(spec: str, seed: int, protocol: Protocol, data: Dataset) -> tuple
             opt.step()
             losses.append(loss.item())
     return losses, model
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def streams_first_layer(spec: str, k: int) -> bool:
@@ -77,6 +81,17 @@ def test_same_seed_is_bit_identical(arch: str, small_real: Dataset, one_thread: 
     assert [r.step_losses for r in a.runs] == [r.step_losses for r in b.runs]
     assert [r.metrics for r in a.runs] == [r.metrics for r in b.runs]
     assert a.runs[0].step_losses != a.runs[1].step_losses  # different seeds really differ
+
+
+@cuda
+def test_same_seed_is_bit_identical_on_gpu(small_real: Dataset) -> None:
+    """Also a CNN, whose cuDNN convolutions would otherwise accumulate in a varying order (see train._gpu_numerics)."""
+    spec, protocol, data = parse_spec("cnn:4c5-p2-8c3-p2-fc32"), Protocol(epochs=2), small_real.to("cuda")
+    a = train(spec, [42, 43], protocol, data, record_steps=True)
+    b = train(spec, [42, 43], protocol, data, record_steps=True)
+    assert [r.step_losses for r in a.runs] == [r.step_losses for r in b.runs]
+    assert [r.metrics for r in a.runs] == [r.metrics for r in b.runs]
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.deterministic  # PyTorch's defaults restored
 
 
 def test_kl_with_hard_targets_is_cross_entropy(small_real: Dataset) -> None:
@@ -160,3 +175,30 @@ def test_big_tensors_get_huge_pages_unless_the_environment_says_no(env: str | No
     out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True)
     huge_kb = int(out.stdout.strip())
     assert huge_kb > 0 if env is None else huge_kb == 0
+
+
+@cuda
+@pytest.mark.parametrize("spec", ["mlp:64,32-tanh", "cnn:4c5-p2-8c3-p2-fc32"])
+def test_fused_run_on_gpu_equals_run_trained_alone(spec: str, small_real: Dataset) -> None:
+    """The issue's equivalence, across devices: seed 8 fused with two others on the GPU, alone on the CPU."""
+    protocol = Protocol(epochs=3)  # 300 steps of 32
+    fused = train(parse_spec(spec), [7, 8, 9], protocol, small_real.to("cuda"), record_steps=True)
+    alone_losses, alone_model = plain_loop(spec, 8, protocol, small_real)
+    torch.testing.assert_close(
+        torch.tensor(fused.runs[1].step_losses), torch.tensor(alone_losses), rtol=1e-3, atol=1e-4
+    )
+    x, y = small_real.evals["test"]
+    alone_acc = (alone_model(as_float(x)).argmax(1) == y).float().mean().item()
+    assert abs(fused.runs[1].metrics["test"]["accuracy"] - alone_acc) <= 3 / len(y)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_recorded_metrics_are_the_plain_models_on_the_cpu(device: str, small_real: Dataset) -> None:
+    """What `archsearch evaluate` recomputes from an exported checkpoint (plain model, CPU) is what training recorded,
+    exactly, wherever it trained."""
+    result = train(parse_spec("cnn:4c5-p2-fc16"), [3, 4], Protocol(epochs=1), small_real.to(device))
+    assert result.model is not None
+    x, y = small_real.evals["test"]
+    for r, run in enumerate(result.runs):
+        (preds,) = predict_plain([result.model.unfuse(r).eval()], x)
+        assert run.metrics["test"] == classification_metrics(preds, y)
