@@ -2,13 +2,18 @@
 
 (a) plain: torchvision ``FashionMNIST`` + ``ToTensor`` through a ``DataLoader`` (batch 32, shuffled), one model per
     run, default ``torch.optim.AdamW`` — the way tutorials and Optuna's PyTorch example train.
-(b) archsearch: the 5 runs of a report row fused into one model, whole-dataset tensors, fused AdamW.
+(b) archsearch: the 5 runs of a report row fused into one model, whole-dataset tensors, fused AdamW (on a GPU also
+    without CUDA graphs, to show what replaying the captured step gains).
 
 For each measured row it prints model-steps per second of both, their ratio, the archsearch trainer's achieved
 GFLOP/s and its share of the matrix-multiply peak measured in the same run, and finally the estimated wall time of the
 full reproduction (17 rows × 5 runs × 50 epochs), from a short measurement of every row.
 
-    python benchmarks/bench_trainer.py [--rows 6,10,15,16] [--repeats 3] [--workers N] [--threads N] [--json]
+    python benchmarks/bench_trainer.py [--rows 6,10,15,16] [--repeats 3] [--workers N] [--threads N] [--device D]
+                                       [--json]
+
+On a GPU both loops run there (the plain loop moves each batch to the device, as tutorials do) and the peak is a
+float32 matmul's on the GPU (TF32 off, as in training).
 """
 
 from __future__ import annotations
@@ -30,46 +35,60 @@ from archsearch.models import FusedModel, build_model, init_model, macs_per_samp
 from archsearch.report import report_rows
 from archsearch.spec import IMAGE_SHAPE, NUM_CLASSES, CNNSpec, ConvLayer
 from archsearch.step import AdamW
-from archsearch.train import Protocol, train, use_huge_pages
+from archsearch.train import Protocol, default_device, train, use_huge_pages
 
 RUNS, EPOCHS, BATCH, TRAIN_SIZE = 5, 50, 32, 60000
 
 
-def matmul_peak(seconds: float = 2.0, n: int = 2048) -> float:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels: a GPU timing must end when the work ends, not when it is queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, seconds: float = 2.0) -> float:
     """Best observed GFLOP/s of a float32 n×n matmul: the machine's practical peak for these kernels."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    n, calls = (8192, 10) if device.type == "cuda" else (2048, 1)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.mm(a, b)
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
+        sync(device)
         t = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+        for _ in range(calls):
+            torch.mm(a, b)
+        sync(device)
+        best = max(best, calls * 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
 
 
-def plain_steps_per_s(spec: Any, steps: int) -> float:
+def plain_steps_per_s(spec: Any, steps: int, device: torch.device) -> float:
     """Model-steps per second of the textbook loop (one model)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
     ds = datasets.FashionMNIST(str(default_data_dir()), train=True, download=False, transform=transforms.ToTensor())
     loader = DataLoader(ds, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
-    model = init_model(build_model(spec), torch.Generator().manual_seed(0))
+    model = init_model(build_model(spec), torch.Generator().manual_seed(0)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-3)
     it = iter(loader)
     for i in range(steps + 20):  # 20 warm-up steps
         if i == 20:
+            sync(device)
             start = time.perf_counter()
         x, y = next(it)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x.to(device)), y.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
+    sync(device)
     return steps / (time.perf_counter() - start)
 
 
-def fused_timing(spec: Any, steps: int, data: Dataset, full_eval: bool = False) -> tuple[float, float]:
-    """The archsearch trainer with RUNS runs fused, one epoch of ``steps`` batches.
+def fused_timing(
+    spec: Any, steps: int, data: Dataset, full_eval: bool = False, cuda_graphs: bool = True
+) -> tuple[float, float]:
+    """The archsearch trainer with RUNS runs fused, one epoch of ``steps`` batches, on the device ``data`` is on.
 
     Returns (model-steps per second over the steps after the 200th, in steady state like the plain loop's timing;
     seconds the run spent outside those steady steps: setup, evaluation, final metrics). With ``full_eval`` the epoch's
@@ -81,33 +100,34 @@ def fused_timing(spec: Any, steps: int, data: Dataset, full_eval: bool = False) 
     marks: dict[int, float] = {}
 
     def mark(done: int, total: int) -> None:
+        sync(x.device)
         marks[done] = time.perf_counter()
 
     sub = Dataset(x[: steps * BATCH], y[: steps * BATCH], evals)
-    result = train(spec, list(range(RUNS)), Protocol(epochs=1), sub, on_step=mark)
+    result = train(spec, list(range(RUNS)), Protocol(epochs=1), sub, on_step=mark, cuda_graphs=cuda_graphs)
     rate = RUNS * (steps - 200) / (marks[steps] - marks[200])
     return rate, result.seconds - RUNS * steps / rate
 
 
-def _worker_timing(args: tuple[int, int, bool]) -> tuple[float, float]:
+def _worker_timing(args: tuple[int, int, bool, str]) -> tuple[float, float]:
     """``fused_timing`` of report row ``row`` in a single-threaded pool process, as a ``--workers`` process trains."""
-    row, steps, full_eval = args
+    row, steps, full_eval, device = args
     torch.set_num_threads(1)
-    return fused_timing(report_rows()[row].spec, steps, _worker_data(), full_eval)
+    return fused_timing(report_rows()[row].spec, steps, _worker_data(device), full_eval)
 
 
 _DATA: Dataset | None = None
 
 
-def _worker_data() -> Dataset:
+def _worker_data(device: str) -> Dataset:
     global _DATA
     if _DATA is None:
-        _DATA = load_dataset()
+        _DATA = load_dataset(device=device)
     return _DATA
 
 
-def _warm_worker(_: int) -> int:
-    return len(_worker_data().train_y)
+def _warm_worker(device: str) -> int:
+    return len(_worker_data(device).train_y)
 
 
 def row_seconds(rate: float, outside: float) -> float:
@@ -124,9 +144,9 @@ def makespan(seconds: list[float], workers: int) -> float:
     return max(free)
 
 
-def workers_steps_per_s(pool: Any, row: int, steps: int, workers: int) -> float:
+def workers_steps_per_s(pool: Any, row: int, steps: int, workers: int, device: str) -> float:
     """Aggregate model-steps/s of ``workers`` single-threaded processes training at once (``--workers N``)."""
-    return float(sum(rate for rate, _ in pool.map(_worker_timing, [(row, steps, False)] * workers)))
+    return float(sum(rate for rate, _ in pool.map(_worker_timing, [(row, steps, False, device)] * workers)))
 
 
 def executed_flops_per_sample(spec: Any) -> int:
@@ -153,14 +173,14 @@ def _best_seconds(fn: Any, calls: int = 50) -> float:
     return best
 
 
-def kernel_ceiling(spec: Any) -> float | None:
-    """Model-steps/s one single-threaded worker would reach if an MLP step were nothing but its kernels.
+def kernel_ceiling(spec: Any, device: torch.device) -> float | None:
+    """Model-steps/s one single-threaded CPU worker would reach if an MLP step were nothing but its kernels.
 
     Times, with warm caches, exactly the kernels a step runs (per layer the forward ``baddbmm``, the weight-gradient
     ``bmm`` and, after the first layer, the input-gradient ``bmm``; then the fused AdamW over all parameters) and adds
     them up: no Python, no activations, no data gathering. The trainer cannot beat this on this machine.
     """
-    if isinstance(spec, CNNSpec):
+    if isinstance(spec, CNNSpec) or device.type != "cpu":
         return None
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -193,32 +213,37 @@ def main() -> int:
     parser.add_argument("--estimate-steps", type=int, default=400, help="steps per row for the full estimate")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the workers layout")
+    parser.add_argument("--device", default=None, help="torch device; default: CUDA if available")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     use_huge_pages()  # as the CLI does, before any tensor exists (the spawned workers inherit it)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else default_device()
+    gpu = device.type == "cuda"
     ensure_raw_files(default_data_dir())
-    data = load_dataset()
+    data = load_dataset(device=device)
     rows = report_rows()
-    peak = matmul_peak()
-    measured = []
+    peak = matmul_peak(device)
+    measured: list[dict[str, Any]] = []
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(args.workers) as pool:
-        pool.map(_warm_worker, range(args.workers))  # start-up (imports, dataset) must not overlap a measurement
+        pool.map(_warm_worker, [str(device)] * args.workers)  # start-up (imports, data) must not overlap a measurement
         for i in (int(s) for s in args.rows.split(",")):
             spec = rows[i].spec
-            plains, fuseds, parallels = [], [], []
+            plains, fuseds, eagers, parallels = [], [], [], []
             for _ in range(args.repeats):  # interleaved, so that a noisy moment hits every kind alike
-                plains.append(plain_steps_per_s(spec, args.plain_steps))
+                plains.append(plain_steps_per_s(spec, args.plain_steps, device))
                 fuseds.append(fused_timing(spec, args.steps, data)[0])
+                if gpu:
+                    eagers.append(fused_timing(spec, args.steps, data, cuda_graphs=False)[0])
                 if args.workers > 1:
-                    parallels.append(workers_steps_per_s(pool, i, args.steps, args.workers))
+                    parallels.append(workers_steps_per_s(pool, i, args.steps, args.workers, str(device)))
             plain, fused = statistics.median(plains), statistics.median(fuseds)
             parallel = statistics.median(parallels) if parallels else fused
             best = max(fused, parallel)
-            ceiling = kernel_ceiling(spec)
+            ceiling = kernel_ceiling(spec, device)
             ceiling_workers = ceiling * max(args.workers, 1) if ceiling else None
             gflops = best * 6 * macs_per_sample(spec) * BATCH / 1e9  # the usual count: forward 2·MAC, backward 4·MAC
             executed = best * executed_flops_per_sample(spec) * BATCH / 1e9
@@ -229,13 +254,15 @@ def main() -> int:
                     "plain_steps_per_s": plain,
                     "archsearch_steps_per_s": fused,
                     "archsearch_workers_steps_per_s": parallel,
+                    # GPU only: the same trainer launching every kernel from Python instead of replaying a CUDA graph
+                    "archsearch_no_graphs_steps_per_s": statistics.median(eagers) if eagers else None,
                     "ratio": fused / plain,
                     "ratio_best": best / plain,
                     "gflops": gflops,
                     "peak_pct": 100 * gflops / peak,
                     "executed_gflops": executed,
                     "executed_peak_pct": 100 * executed / peak,
-                    "samples": {"plain": plains, "archsearch": fuseds, "workers": parallels},
+                    "samples": {"plain": plains, "archsearch": fuseds, "no_graphs": eagers, "workers": parallels},
                     # what the kernels alone allow (MLPs): N single-threaded workers each at kernel_ceiling()
                     "kernel_ceiling_steps_per_s": ceiling_workers,
                     "kernel_ceiling_ratio": ceiling_workers / plain if ceiling_workers else None,
@@ -258,14 +285,15 @@ def main() -> int:
         for row in range(len(rows)):
             single.append(row_seconds(*fused_timing(rows[row].spec, args.estimate_steps, data, full_eval=True)))
             if args.workers > 1:
-                timings = pool.map(_worker_timing, [(row, args.estimate_steps, True)] * args.workers)
+                timings = pool.map(_worker_timing, [(row, args.estimate_steps, True, str(device))] * args.workers)
                 per_worker.append(statistics.mean(row_seconds(*t) for t in timings))
-    peak = max(peak, matmul_peak())  # measured again at the end: the higher (stricter) one counts
+    peak = max(peak, matmul_peak(device))  # measured again at the end: the higher (stricter) one counts
     for m in measured:
         m["peak_pct"], m["executed_peak_pct"] = 100 * m["gflops"] / peak, 100 * m["executed_gflops"] / peak
     total_s = sum(single)
     workers_s = makespan(per_worker, args.workers) if per_worker else total_s
     report = {
+        "device": torch.cuda.get_device_name(device) if gpu else "cpu",
         "threads": torch.get_num_threads(),
         "workers": args.workers,
         "repeats": args.repeats,
@@ -278,20 +306,21 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"matmul peak {peak:.0f} GFLOP/s with {report['threads']} thread(s), torch {torch.__version__}")
+        where = report["device"] if gpu else f"{report['threads']} thread(s)"
+        print(f"float32 matmul peak {peak:.0f} GFLOP/s on {where}, torch {torch.__version__}")
         w = args.workers
         print(
             f"| row | spec | plain | archsearch, 1 process | archsearch, {w} workers | ratio | GFLOP/s | % of peak "
-            "| executed GFLOP/s | % of peak | kernel ceiling |"
+            f"| executed GFLOP/s | % of peak | {'1 process, no CUDA graphs' if gpu else 'kernel ceiling'} |"
         )
         print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for m in measured:
-            c = m["kernel_ceiling_steps_per_s"]
-            ceiling = f"{c:.0f} ({m['kernel_ceiling_ratio']:.1f}×)" if c else "—"
+            c, eager = m["kernel_ceiling_steps_per_s"], m["archsearch_no_graphs_steps_per_s"]
+            last = f"{c:.0f} ({m['kernel_ceiling_ratio']:.1f}×)" if c else f"{eager:.0f}" if eager else "—"
             print(
                 f"| {m['row']} | `{m['spec']}` | {m['plain_steps_per_s']:.0f} | {m['archsearch_steps_per_s']:.0f} | "
                 f"{m['archsearch_workers_steps_per_s']:.0f} | {m['ratio_best']:.1f}× | {m['gflops']:.1f} | "
-                f"{m['peak_pct']:.1f}% | {m['executed_gflops']:.1f} | {m['executed_peak_pct']:.1f}% | {ceiling} |"
+                f"{m['peak_pct']:.1f}% | {m['executed_gflops']:.1f} | {m['executed_peak_pct']:.1f}% | {last} |"
             )
         print(f"(model-steps/s, medians of {args.repeats}; ratio and GFLOP/s for the faster archsearch layout)")
         print(
