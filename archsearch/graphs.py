@@ -27,9 +27,11 @@ __all__ = ["DeviceBatches", "GraphedStep", "gather_batch"]
 def gather_batch(images: Tensor, labels: Tensor, rows: Tensor, is_mlp: bool) -> tuple[Tensor, Tensor]:
     """The batch (x, y) at indices ``rows`` (K, B); x in the fused model's layout: MLP (K, B, ...), CNN (B, K, ...)."""
     order = rows if is_mlp else rows.t()
+    flat = order.reshape(-1)
     # index_select on flat indices: ~120 us for a (5, 32) MLP batch on a CPU, against ~215 us for images[idx]
-    x = as_float(images.index_select(0, order.reshape(-1)).view(*order.shape, *images.shape[1:]))
-    return x, labels.index_select(0, rows.reshape(-1)).view(rows.shape)
+    x = as_float(images.index_select(0, flat).view(*order.shape, *images.shape[1:]))
+    y = labels.index_select(0, flat).view(order.shape)
+    return x, y if is_mlp else y.t()
 
 
 class DeviceBatches:
