@@ -62,13 +62,21 @@ def test_step_gradients_equal_autograd_on_plain_models(arch: str, activation: st
 
 
 @pytest.mark.parametrize("arch", ["cnn:4c3-p2-fc24-tanh", "mlp:24,16-tanh"])
-@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
-def test_step_updates_like_torch_adamw(arch: str, streamed: bool) -> None:
-    """Three steps of the fused step move each run's weights as torch.optim.AdamW moves its plain model's."""
+@pytest.mark.parametrize("mode", ["whole", "streamed", "no-fused-kernel"])
+def test_step_updates_like_torch_adamw(arch: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three steps of the fused step move each run's weights as torch.optim.AdamW moves its plain model's.
+
+    "no-fused-kernel": where torch lacks ``_fused_adamw_`` (or on a device other than CPU/CUDA) AdamW defers to
+    torch.optim.AdamW, and the step must neither stream nor split the update.
+    """
+    if mode == "no-fused-kernel":
+        monkeypatch.delattr(torch, "_fused_adamw_")
     spec = parse_spec(arch)
     plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(K)]
     fused = FusedModel.from_models(spec, plain)
-    step = FusedStep(fused, lr=1e-2, weight_decay=1e-2, **(STREAMED if streamed else {}))
+    step = FusedStep(fused, lr=1e-2, weight_decay=1e-2, **(STREAMED if mode != "whole" else {}))
+    assert (step.opt.fallback is not None) == (mode == "no-fused-kernel")
+    assert (step.layers[0].blocks is not None) == (mode == "streamed")
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=1e-2) for m in plain]
     gen = torch.Generator().manual_seed(1)
     batches = [
