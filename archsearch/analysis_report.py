@@ -205,18 +205,15 @@ def _plots(result: Mapping[str, Any], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from archsearch.compare import save_figure
+
     rows = result["rows"]
     metric = result["metric"]
     ylabel = f"{metric} (fraction, mean over seeds)"
     written: list[str] = []
 
     def save(fig: Any, name: str) -> None:
-        fig.tight_layout()
-        tmp = out / f".{name}.tmp"
-        fig.savefig(tmp, dpi=120, format="png")
-        plt.close(fig)
-        tmp.replace(out / name)
-        written.append(name)
+        written.append(save_figure(fig, out / name))
 
     if rows:
         fig, ax = plt.subplots(figsize=(9, 5.5))

@@ -24,6 +24,7 @@ __all__ = [
     "check_writable",
     "compare",
     "markdown",
+    "save_figure",
     "welch",
     "write_outputs",
 ]
@@ -177,14 +178,21 @@ def markdown(results: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, 
     return "\n".join(lines)
 
 
-def _save(fig: Any, ax: Any, path: Path) -> str:
+def save_figure(fig: Any, path: Path) -> str:
+    """Save a matplotlib figure as PNG, whole (temporary file, then rename), and close it; returns the file name."""
     import matplotlib.pyplot as plt
 
-    ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+    tmp.replace(path)
     return path.name
+
+
+def _save(fig: Any, ax: Any, path: Path) -> str:
+    ax.legend()
+    return save_figure(fig, path)
 
 
 def _plots(results: Sequence[dict[str, Any]], out: Path) -> list[str]:

@@ -55,7 +55,9 @@ def test_outputs_are_written(tmp_path: Path) -> None:
         assert key in data["rows"][0]
     md = (tmp_path / "REPORT.md").read_text()
     assert "Welch" in md and "569,016" in md and "| 16 |" in md
+    assert all((tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in written if f.endswith(".png"))
     assert all((tmp_path / f).stat().st_size > 1000 for f in written if f.endswith(".png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(written)  # every file whole: no temporary left
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
