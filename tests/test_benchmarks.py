@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_trainer.py"
+GPU_CHECKS = SCRIPT.with_name("gpu_checks.sh")
 
 
 @pytest.mark.slow
@@ -55,3 +57,29 @@ def test_workers_estimate_schedules_rows_in_table_order() -> None:
     assert bench.makespan([3.0, 1.0, 1.0, 1.0], 2) == 3.0  # 3 | 1 + 1 + 1
     assert bench.makespan([1.0, 1.0, 5.0], 2) == 6.0  # the 5 waits for a worker: 1 + 5 | 1
     assert bench.makespan([2.0, 2.0], 1) == 4.0
+
+
+@pytest.mark.slow
+def test_gpu_checks_script_runs_its_three_stages(tmp_path: Path) -> None:
+    """The GPU checks' plumbing (tests, benchmark, timed reproduction), on the CPU with tiny settings."""
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "DEVICE": "cpu",
+        "OUT": str(tmp_path),
+        "ROWS": "0",
+        "STEPS": "201",
+        "PLAIN_STEPS": "5",
+        "EST_STEPS": "201",
+        "REPEATS": "1",
+        "REPRO_ARGS": "--models 0 --runs 1 --epochs 1",
+    }
+    proc = subprocess.run(["bash", str(GPU_CHECKS)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    log = (tmp_path / "run.log").read_text()
+    assert "passed" in log and "reproduce exit 0" in log
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["device"] == "cpu" and bench["rows"][0]["archsearch_steps_per_s"] > 0
+    repro = json.loads((tmp_path / "repro.json").read_text())
+    assert [r["index"] for r in repro["rows"]] == [0] and repro["rows"][0]["n_runs"] == 1
+    assert (tmp_path / "repro.db").is_file() and (tmp_path / "report" / "REPORT.md").is_file()
