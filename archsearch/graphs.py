@@ -28,7 +28,7 @@ def gather_batch(images: Tensor, labels: Tensor, rows: Tensor, is_mlp: bool) -> 
     """The batch (x, y) at indices ``rows`` (K, B); x in the fused model's layout: MLP (K, B, ...), CNN (B, K, ...)."""
     order = rows if is_mlp else rows.t()
     flat = order.reshape(-1)
-    # index_select on flat indices: ~120 us for a (5, 32) MLP batch on a CPU, against ~215 us for images[idx]
+    # index_select on flat indices: about half the time of advanced indexing (images[idx]) for a (5, 32) batch here
     x = as_float(images.index_select(0, flat).view(*order.shape, *images.shape[1:]))
     y = labels.index_select(0, flat).view(order.shape)
     return x, y if is_mlp else y.t()
