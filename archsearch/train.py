@@ -115,9 +115,9 @@ def use_huge_pages() -> None:
 
 
 @contextmanager
-def _gpu_numerics(device: torch.device) -> Iterator[None]:
-    """On a GPU, cuDNN convolutions in true float32 and with deterministic algorithms while training; the previous
-    settings are restored after.
+def _on_gpu(device: torch.device) -> Iterator[None]:
+    """On a GPU, training runs with ``device`` as the current device and cuDNN convolutions in true float32 and with
+    deterministic algorithms; the previous settings are restored after.
 
     PyTorch lets convolutions round through TF32 by default, which moves a CNN's GPU results ~1e-3 away from the
     CPU's float32, and lets cuDNN pick algorithms that accumulate in a varying order: two runs of the report's CNN
@@ -132,7 +132,8 @@ def _gpu_numerics(device: torch.device) -> Iterator[None]:
     before = cudnn.allow_tf32, cudnn.deterministic
     cudnn.allow_tf32, cudnn.deterministic = False, True
     try:
-        yield
+        with torch.cuda.device(device):  # streams, graph capture and replay act on the current device (--device cuda:1)
+            yield
     finally:
         cudnn.allow_tf32, cudnn.deterministic = before
 
@@ -185,7 +186,7 @@ def train(
     """
     start = time.perf_counter()
     device = torch.device(device) if device is not None else data.train_x.device
-    with _gpu_numerics(device):
+    with _on_gpu(device):
         data = data.to(device)
         k, n = len(seeds), len(data.train_y)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]

@@ -85,7 +85,7 @@ def test_same_seed_is_bit_identical(arch: str, small_real: Dataset, one_thread: 
 
 @cuda
 def test_same_seed_is_bit_identical_on_gpu(small_real: Dataset) -> None:
-    """Also a CNN, whose cuDNN convolutions would otherwise accumulate in a varying order (see train._gpu_numerics)."""
+    """Also a CNN, whose cuDNN convolutions would otherwise accumulate in a varying order (see train._on_gpu)."""
     spec, protocol, data = parse_spec("cnn:4c5-p2-8c3-p2-fc32"), Protocol(epochs=2), small_real.to("cuda")
     a = train(spec, [42, 43], protocol, data, record_steps=True)
     b = train(spec, [42, 43], protocol, data, record_steps=True)
