@@ -27,8 +27,7 @@ $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torc
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')" || exit 1
 
 log "GPU tests"
-$PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_train.py tests/test_step.py \
-  -k "gpu or graphed or cuda or device_batches" 2>&1 | tail -25
+$PY -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -25
 
 log benchmark
 $PY benchmarks/bench_trainer.py --device "$DEVICE" --rows "${ROWS:-6,10,15,16}" --workers "${WORKERS:-1}" \

@@ -1,5 +1,5 @@
 """Shared fixtures: the real Fashion-MNIST (integration tests), small generated IDX files (discovery tests), and
-torch on one thread."""
+torch on one thread; tests marked ``cuda`` are skipped where no CUDA device exists."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ import pytest
 import torch
 
 from archsearch.data import FILES, Dataset, load_dataset
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

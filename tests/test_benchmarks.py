@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,9 @@ def test_gpu_checks_script_runs_its_three_stages(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", str(GPU_CHECKS)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     log = (tmp_path / "run.log").read_text()
-    assert "passed" in log and "reproduce exit 0" in log
+    # no CUDA here: the GPU tests are collected and all skipped for that reason (no failure, no collection error)
+    assert re.search(r"^\d+ skipped, \d+ deselected in ", log, re.M) and "needs a CUDA device" in log
+    assert "reproduce exit 0" in log
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert bench["device"] == "cpu" and bench["rows"][0]["archsearch_steps_per_s"] > 0
     repro = json.loads((tmp_path / "repro.json").read_text())

@@ -13,8 +13,6 @@ from archsearch.graphs import DeviceBatches, gather_batch
 from archsearch.spec import parse_spec
 from archsearch.train import Protocol, train
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
 
 @pytest.mark.parametrize("is_mlp", [True, False], ids=["mlp", "cnn"])
 def test_device_batches_are_the_sliced_batches(is_mlp: bool) -> None:
@@ -50,7 +48,7 @@ def count_replays(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield calls
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize(
     ("arch", "loss"), [("mlp:64,32-tanh", "ce"), ("mlp:256,32-relu", "kl"), ("cnn:4c5-p2-8c3-p2-fc32", "ce")]
 )

@@ -11,7 +11,6 @@ from archsearch.spec import ACTIVATIONS, MLPSpec, parse_spec
 from archsearch.step import ACTIVATION_BACKWARD, AdamW, FusedStep, per_sample_loss
 
 K, B = 3, 8
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def test_every_activation_has_a_backward() -> None:
@@ -134,7 +133,7 @@ def test_adamw_is_torch_fused_adamw_bit_for_bit() -> None:
         assert torch.equal(p, q.detach())
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("arch", ["mlp:24,16-gelu", "cnn:4c3p1-p2-6c5-ap2-fc12-relu"])
 def test_step_gradients_on_gpu_equal_autograd(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # float32 convolutions on both sides, as the trainer runs them (PyTorch's default would round through TF32)

@@ -36,9 +36,6 @@ def plain_loop(spec: str, seed: int, protocol: Protocol, data: Dataset) -> tuple
     return losses, model
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
 def streams_first_layer(spec: str, k: int) -> bool:
     """Whether FusedStep processes the first layer in blocks for K = k (only when single-threaded: ``one_thread``)."""
     return FusedStep(FusedModel(parse_spec(spec), k), lr=0.0, weight_decay=0.0).layers[0].blocks is not None
@@ -83,7 +80,7 @@ def test_same_seed_is_bit_identical(arch: str, small_real: Dataset, one_thread: 
     assert a.runs[0].step_losses != a.runs[1].step_losses  # different seeds really differ
 
 
-@cuda
+@pytest.mark.cuda
 def test_same_seed_is_bit_identical_on_gpu(small_real: Dataset) -> None:
     """Also a CNN, whose cuDNN convolutions would otherwise accumulate in a varying order (see train._on_gpu)."""
     spec, protocol, data = parse_spec("cnn:4c5-p2-8c3-p2-fc32"), Protocol(epochs=2), small_real.to("cuda")
@@ -177,7 +174,7 @@ def test_big_tensors_get_huge_pages_unless_the_environment_says_no(env: str | No
     assert huge_kb > 0 if env is None else huge_kb == 0
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("spec", ["mlp:64,32-tanh", "cnn:4c5-p2-8c3-p2-fc32"])
 def test_fused_run_on_gpu_equals_run_trained_alone(spec: str, small_real: Dataset) -> None:
     """The issue's equivalence, across devices: seed 8 fused with two others on the GPU, alone on the CPU."""
@@ -192,7 +189,7 @@ def test_fused_run_on_gpu_equals_run_trained_alone(spec: str, small_real: Datase
     assert abs(fused.runs[1].metrics["test"]["accuracy"] - alone_acc) <= 3 / len(y)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_recorded_metrics_are_the_plain_models_on_the_cpu(device: str, small_real: Dataset) -> None:
     """What `archsearch evaluate` recomputes from an exported checkpoint (plain model, CPU) is what training recorded,
     exactly, wherever it trained."""
