@@ -24,8 +24,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch.nn import functional as F
@@ -204,24 +205,61 @@ def kernel_ceiling(spec: Any, device: torch.device) -> float | None:
         torch.set_num_threads(threads)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Bad input: one line and exit code 2, as the archsearch CLI answers (argparse would add its usage)."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)  # argparse turns the ValueError into "invalid value" with the option's name
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _rows(text: str) -> list[int]:
+    try:
+        rows = [int(s) for s in text.split(",")]
+    except ValueError:
+        rows = [-1]
+    if not all(0 <= r < len(report_rows()) for r in rows):
+        last = len(report_rows()) - 1
+        raise argparse.ArgumentTypeError(f"report rows are 0 to {last}, comma-separated; got {text!r}")
+    return rows
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="6,10,15,16")
-    parser.add_argument("--steps", type=int, default=600, help="steps per archsearch run (200 warm up)")
-    parser.add_argument("--plain-steps", type=int, default=300, help="timed steps per plain-loop measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements of each kind per row (medians)")
-    parser.add_argument("--estimate-steps", type=int, default=400, help="steps per row for the full estimate")
-    parser.add_argument("--threads", type=int, default=None)
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=_rows, default="6,10,15,16", help="report rows, comma-separated")
+    # the first 200 steps of a timing are its warm-up, so a timing needs more
+    parser.add_argument("--steps", type=_at_least(201), default=600, help="steps per archsearch run (200 warm up)")
+    parser.add_argument("--plain-steps", type=_at_least(1), default=300, help="timed steps per plain-loop measurement")
+    parser.add_argument("--repeats", type=_at_least(1), default=3, help="measurements of each kind per row (medians)")
+    parser.add_argument("--estimate-steps", type=_at_least(201), default=400, help="steps per row, full estimate")
+    parser.add_argument("--threads", type=_at_least(1), default=None)
     parser.add_argument(
-        "--workers", type=int, default=None, help="processes for the workers layout; default: cores (CPU), 1 (GPU)"
+        "--workers",
+        type=_at_least(1),
+        default=None,
+        help="processes for the workers layout; default: cores (CPU), 1 (GPU)",
     )
     parser.add_argument("--device", default=None, help="torch device; default: CUDA if available")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    try:
+        device = torch.device(args.device) if args.device else default_device()
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("CUDA is not available here")
+    except RuntimeError as exc:
+        parser.error(f"argument --device: {exc}")
     use_huge_pages()  # as the CLI does, before any tensor exists (the spawned workers inherit it)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device) if args.device else default_device()
     gpu = device.type == "cuda"
     if args.workers is None:  # one GPU time-slices between processes: 4 workers measured 0.94-1.07x of one on an H200
         args.workers = 1 if gpu else os.cpu_count() or 1
@@ -234,7 +272,7 @@ def main() -> int:
 
     with mp.get_context("spawn").Pool(args.workers) as pool:
         pool.map(_warm_worker, [str(device)] * args.workers)  # start-up (imports, data) must not overlap a measurement
-        for i in (int(s) for s in args.rows.split(",")):
+        for i in args.rows:
             spec = rows[i].spec
             plains, fuseds, eagers, parallels = [], [], [], []
             for _ in range(args.repeats):  # interleaved, so that a noisy moment hits every kind alike

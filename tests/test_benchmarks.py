@@ -49,6 +49,25 @@ def test_benchmark_runs_and_reports_every_column() -> None:
         assert row[key] > 0
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--estimate-steps", "200"], "argument --estimate-steps: must be at least 201, got 200"),
+        (["--rows", "6,17"], "argument --rows: report rows are 0 to 16, comma-separated; got '6,17'"),
+        (["--rows", "six"], "argument --rows: report rows are 0 to 16, comma-separated; got 'six'"),
+        (["--workers", "0"], "argument --workers: must be at least 1, got 0"),
+        (["--device", "nowhere"], "argument --device: "),
+    ],
+)
+def test_bad_arguments_get_one_line_and_exit_code_2(args: list[str], message: str) -> None:
+    """Refused before anything is loaded or measured: --estimate-steps 0 used to end in an AssertionError (a traceback)
+    after the rows had been measured."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"bench_trainer.py: error: {message}")
+    assert "Traceback" not in proc.stderr
+
+
 def test_workers_estimate_schedules_rows_in_table_order() -> None:
     """The --workers estimate: each worker takes the next row when it is free, so a long last row finishes late."""
     spec = importlib.util.spec_from_file_location("bench_trainer", SCRIPT)
