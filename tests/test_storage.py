@@ -38,6 +38,9 @@ def test_artifact_dir_sits_next_to_the_database() -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
+# The test makes its RUNNING trials with study.ask(), standing in for workers; Optuna warns that heartbeats are meant
+# for optimize(). reproduce's workers claim trials themselves and run the heartbeat thread as optimize() does.
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_trials_of_dead_local_processes_are_failed(tmp_path: Path, kind: str) -> None:
     url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal:///{tmp_path}/s.log"
     study = optuna.create_study(storage=open_storage(url), study_name="s")
