@@ -15,6 +15,10 @@ gradient each): the block's share of the input gradient, its weight gradient, it
 layer, the *next* batch's forward through the freshly updated rows (the trainer announces the next batch), one after
 the other while the block is still in cache. A streamed layer's whole gradient is never materialised. Measured side
 by side with two workers: row 15 1.09-1.14x model-steps/s, row 10 1.02-1.08x (run-to-run noise here is ~5%).
+
+Why libxsmm in single-threaded CPU workers: the products above are small (32 rows), and libxsmm's JIT kernels run them
+1.2-1.4x faster than MKL's on this machine's one core (archsearch.gemm); with them and libxsmm's transposes a worker's
+row-15 step went from ~8.9 to ~7.7 ms. Elsewhere (several threads, a GPU, no libxsmm) torch computes them as before.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from archsearch import gemm
 from archsearch.models import FusedModel
 
 __all__ = ["ACTIVATION_BACKWARD", "BLOCK_BYTES", "STREAM_BYTES", "AdamW", "FusedStep", "per_sample_loss"]
@@ -96,9 +101,11 @@ class FusedStep:
         loss: Literal["ce", "kl"] = "ce",
         stream_bytes: int | None = None,
         block_bytes: int = BLOCK_BYTES,
+        xsmm: bool | None = None,
     ) -> None:
         """``stream_bytes``: layers with at least this many bytes of weights are streamed in blocks of ``block_bytes``
-        (default: STREAM_BYTES when single-threaded on a CPU, else no streaming)."""
+        (default: STREAM_BYTES when single-threaded on a CPU, else no streaming). ``xsmm``: the linear layers'
+        products through libxsmm (archsearch.gemm; default: when single-threaded on a CPU and libxsmm is there)."""
         self.model, self.loss = model, loss
         self.act_backward = ACTIVATION_BACKWARD[model.spec.activation]
         self.opt = AdamW(list(model.parameters()), lr=lr, weight_decay=weight_decay)
@@ -106,8 +113,12 @@ class FusedStep:
         # badly (row 15: 0.7x at 2 threads), and a GPU would only see more, smaller kernel launches.
         if stream_bytes is None:
             stream_bytes = STREAM_BYTES if torch.get_num_threads() == 1 else None
+        single_cpu = torch.get_num_threads() == 1 and model.fc_weights[0].device.type == "cpu"
         if self.opt.fallback is not None or model.fc_weights[0].device.type != "cpu":
             stream_bytes = None
+        # libxsmm's kernels are single-threaded: with more threads MKL's threaded products win
+        self.xsmm = (single_cpu and gemm.libxsmm_available()) if xsmm is None else xsmm
+        self.mm = gemm.mm if self.xsmm else gemm.torch_mm
         with torch.no_grad():
             self.layers = [
                 self._linear(w, b, stream_bytes, block_bytes)
@@ -167,7 +178,7 @@ class FusedStep:
                 if i == 0 and self._ahead is not None and self._ahead[0] is x:
                     h = self._ahead[1]
                 else:
-                    h = torch.baddbmm(layer.b, h, layer.w.transpose(1, 2))
+                    h = self._affine(layer, h)
                 if i < last:
                     pre.append(h)
                     h = model.act(h)
@@ -185,8 +196,8 @@ class FusedStep:
                 torch.sum(grad, dim=1, keepdim=True, out=layer.grad_b)
                 if layer.blocks is None:
                     assert layer.grad_w is not None
-                    torch.bmm(grad.transpose(1, 2), inputs[i], out=layer.grad_w)
-                    dx = torch.bmm(grad, layer.w) if need_dx else None
+                    self.mm(grad, inputs[i], trans_p=True, out=layer.grad_w)
+                    dx = self.mm(grad, layer.w) if need_dx else None
                 else:
                     dx = self._stream(layer, grad, inputs[i], need_dx, ahead if i == 0 else None)
                 if i > 0:
@@ -203,25 +214,38 @@ class FusedStep:
                 grads = [p.grad for p in self.rest]
                 self.opt.update(self.rest, grads, self.rest_avgs, self.rest_sqs)
             if ahead is not None and self._ahead is None:  # first layer not streamed: its next forward comes last
-                first = self.layers[0]
-                self._ahead = (ahead, torch.baddbmm(first.b, ahead, first.w.transpose(1, 2)))
+                self._ahead = (ahead, self._affine(self.layers[0], ahead))
         return run_loss
+
+    def _affine(self, layer: _Linear, h: Tensor) -> Tensor:
+        """``h @ W^T + b`` for the runs' inputs ``h`` (K, B, in)."""
+        if not self.xsmm:
+            return torch.baddbmm(layer.b, h, layer.w.transpose(1, 2))
+        # libxsmm cannot transpose the right-hand operand, so the product is formed transposed, W @ h^T, from a copy
+        # of h^T (batch-sized, cheap with libxsmm's transpose), and transposed back before the bias is added.
+        return gemm.transpose(gemm.mm(layer.w, gemm.transpose(h))).add_(layer.b)
 
     def _stream(
         self, layer: _Linear, grad: Tensor, inputs: Tensor, need_dx: bool, ahead: Tensor | None
     ) -> Tensor | None:
         """Backward and update of a streamed layer, block by block; returns the gradient of its input if needed."""
-        w, grad_t, dx, ahead_parts = layer.w, grad.transpose(1, 2), None, []
+        w, dx, ahead_parts = layer.w, None, []
+        if ahead is not None and self.xsmm:  # the next batch's output, transposed (see _affine), filled block by block
+            ahead_t = gemm.transpose(ahead)
+            ahead_zt = torch.empty(w.shape[0], w.shape[1], ahead.shape[1], dtype=w.dtype)
         for block in layer.blocks or ():
             rows = block.rows
             if need_dx:  # with the block's weights before their update
-                g = grad[:, :, rows]
-                dx = torch.bmm(g, w[:, rows]) if dx is None else dx.baddbmm_(g, w[:, rows])
-            torch.bmm(grad_t[:, rows], inputs, out=block.grad)
+                dx = self.mm(grad[:, :, rows], w[:, rows], out=dx, beta=0.0 if dx is None else 1.0)
+            self.mm(grad[:, :, rows], inputs, trans_p=True, out=block.grad)
             self.opt.update(*block.adam)
-            if ahead is not None:  # into a fresh tensor: out= a strided slice would take a slow per-run path
+            if ahead is not None and self.xsmm:
+                gemm.mm(w[:, rows], ahead_t, out=ahead_zt[:, rows])
+            elif ahead is not None:  # into a fresh tensor: out= a strided slice would take a slow per-run path
                 ahead_parts.append(torch.baddbmm(layer.b[:, :, rows], ahead, w[:, rows].transpose(1, 2)))
-        if ahead is not None:
+        if ahead is not None and self.xsmm:
+            self._ahead = (ahead, gemm.transpose(ahead_zt).add_(layer.b))
+        elif ahead is not None:
             self._ahead = (ahead, torch.cat(ahead_parts, dim=2))
         return dx
 

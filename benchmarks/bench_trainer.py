@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 import torch
 from torch.nn import functional as F
 
+from archsearch import gemm
 from archsearch.data import Dataset, default_data_dir, ensure_raw_files, load_dataset
 from archsearch.models import FusedModel, build_model, init_model, macs_per_sample
 from archsearch.report import report_rows
@@ -340,6 +341,7 @@ def main() -> int:
         "workers": args.workers,
         "repeats": args.repeats,
         "torch": torch.__version__,
+        "gemm": gemm.backend(),  # how single-threaded workers multiply (archsearch.gemm)
         "matmul_peak_gflops": peak,
         "rows": measured,
         "full_reproduction_estimate_min": total_s / 60,
@@ -349,7 +351,10 @@ def main() -> int:
         print(json.dumps(report, indent=2))
     else:
         where = report["device"] if gpu else f"{report['threads']} thread(s)"
-        print(f"float32 matmul peak {peak:.0f} GFLOP/s on {where}, torch {torch.__version__}")
+        print(
+            f"float32 matmul peak {peak:.0f} GFLOP/s on {where}, torch {torch.__version__}, workers' products: "
+            f"{report['gemm']}"
+        )
         w = args.workers
         print(
             f"| row | spec | plain | archsearch, 1 process | archsearch, {w} workers | ratio | GFLOP/s | % of peak "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import Tensor, nn
 
+from archsearch import gemm
 from archsearch.models import FusedModel, build_model, init_model
 from archsearch.spec import ACTIVATIONS, MLPSpec, parse_spec
 from archsearch.step import ACTIVATION_BACKWARD, AdamW, FusedStep, per_sample_loss
@@ -17,6 +20,13 @@ def test_every_activation_has_a_backward() -> None:
     assert set(ACTIVATION_BACKWARD) == set(ACTIVATIONS)
 
 
+# The linear layers' products through torch, and through libxsmm (archsearch.gemm) where it is installed (CI sets
+# ARCHSEARCH_GEMM=libxsmm, which makes a missing libxsmm an error rather than a skip).
+GEMMS = [
+    pytest.param(False, id="torch"),
+    pytest.param(True, id="libxsmm", marks=pytest.mark.skipif(not gemm.libxsmm_available(), reason="no libxsmm")),
+]
+
 # Forces streaming on these small layers, in blocks of uneven size (24 rows -> 5 blocks: 5, 5, 5, 5, 4).
 STREAMED = {"stream_bytes": 0, "block_bytes": 50_000}
 
@@ -25,7 +35,10 @@ STREAMED = {"stream_bytes": 0, "block_bytes": 50_000}
 @pytest.mark.parametrize("arch", ["mlp:24,16", "cnn:4c3p1-p2-6c5-ap2-fc12", "cnn:3c5-p2-5c3-p2"])
 @pytest.mark.parametrize("loss", ["ce", "kl"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
-def test_step_gradients_equal_autograd_on_plain_models(arch: str, activation: str, loss: str, streamed: bool) -> None:
+@pytest.mark.parametrize("xsmm", GEMMS)
+def test_step_gradients_equal_autograd_on_plain_models(
+    arch: str, activation: str, loss: str, streamed: bool, xsmm: bool
+) -> None:
     """Each run's gradients equal those autograd gives its own plain model (conv -> activation -> pool order).
 
     Read from AdamW's first moment after one step, (1 - beta1) * gradient, because a streamed layer never holds its
@@ -37,11 +50,14 @@ def test_step_gradients_equal_autograd_on_plain_models(arch: str, activation: st
     x = torch.rand(K, B, 1, 28, 28, generator=gen) * 2 - 0.5  # negatives too, so relu/hardtanh see ties
     y = torch.randint(0, 10, (K, B), generator=gen)
     fused = FusedModel.from_models(spec, plain)
-    step = FusedStep(fused, lr=0.0, weight_decay=0.0, loss=loss, **(STREAMED if streamed else {}))
-    assert (step.layers[0].blocks is not None) == streamed
+    step = FusedStep(fused, lr=0.0, weight_decay=0.0, loss=loss, xsmm=xsmm, **(STREAMED if streamed else {}))
+    assert (step.layers[0].blocks is not None) == streamed and step.xsmm == xsmm
     inp = x.reshape(K, B, 784) if isinstance(spec, MLPSpec) else x.squeeze(2).transpose(0, 1)
     run_loss = step(inp, y)
     grads = {p: step.opt.state(p)[0] / 0.1 for p in fused.parameters()}
+    # libxsmm sums the products in another order than MKL (autograd's): where a gradient entry is a sum of terms that
+    # nearly cancel, the two differ by a few float32 roundings of the terms' scale (~1e-7 here), not of the result.
+    tol = {"rtol": 1e-5, "atol": 5e-7 if xsmm else 1e-7}
     for k, model in enumerate(plain):
         logp = torch.log_softmax(model(x[k]), dim=-1)
         ref_loss = per_sample_loss(logp, y[k], loss).mean()
@@ -51,18 +67,19 @@ def test_step_gradients_equal_autograd_on_plain_models(arch: str, activation: st
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         for conv, w, b in zip(convs, fused.conv_weights, fused.conv_biases, strict=True):
             n = conv.out_channels
-            torch.testing.assert_close(grads[w][k * n : (k + 1) * n], conv.weight.grad, rtol=1e-5, atol=1e-7)
-            torch.testing.assert_close(grads[b][k * n : (k + 1) * n], conv.bias.grad, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(grads[w][k * n : (k + 1) * n], conv.weight.grad, **tol)
+            torch.testing.assert_close(grads[b][k * n : (k + 1) * n], conv.bias.grad, **tol)
         for lin, w, b in zip(linears, fused.fc_weights, fused.fc_biases, strict=True):
-            torch.testing.assert_close(grads[w][k], lin.weight.grad, rtol=1e-5, atol=1e-7)
-            torch.testing.assert_close(grads[b][k, 0], lin.bias.grad, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(grads[w][k], lin.weight.grad, **tol)
+            torch.testing.assert_close(grads[b][k, 0], lin.bias.grad, **tol)
     for p, q in zip(fused.parameters(), FusedModel.from_models(spec, plain).parameters(), strict=True):
         assert torch.equal(p, q)  # lr 0 left every weight as it was
 
 
 @pytest.mark.parametrize("arch", ["cnn:4c3-p2-fc24-tanh", "mlp:24,16-tanh"])
 @pytest.mark.parametrize("mode", ["whole", "streamed", "no-fused-kernel"])
-def test_step_updates_like_torch_adamw(arch: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("xsmm", GEMMS)
+def test_step_updates_like_torch_adamw(arch: str, mode: str, xsmm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three steps of the fused step move each run's weights as torch.optim.AdamW moves its plain model's.
 
     "no-fused-kernel": where torch lacks ``_fused_adamw_`` (or on a device other than CPU/CUDA) AdamW defers to
@@ -73,7 +90,7 @@ def test_step_updates_like_torch_adamw(arch: str, mode: str, monkeypatch: pytest
     spec = parse_spec(arch)
     plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(K)]
     fused = FusedModel.from_models(spec, plain)
-    step = FusedStep(fused, lr=1e-2, weight_decay=1e-2, **(STREAMED if mode != "whole" else {}))
+    step = FusedStep(fused, lr=1e-2, weight_decay=1e-2, xsmm=xsmm, **(STREAMED if mode != "whole" else {}))
     assert (step.opt.fallback is not None) == (mode == "no-fused-kernel")
     assert (step.layers[0].blocks is not None) == (mode == "streamed")
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=1e-2) for m in plain]
@@ -91,20 +108,25 @@ def test_step_updates_like_torch_adamw(arch: str, mode: str, monkeypatch: pytest
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[k]), y[k]).backward()
             opt.step()
+    # Adam divides by the gradient's running size, so where a gradient entry is near zero a last-bit difference in it
+    # (libxsmm sums in another order than autograd's MKL) moves the update by far more than the gradient's rounding:
+    # up to 8e-6 here, against an lr of 1e-2 (a wrong update is off by ~1e-2).
+    atol = 2e-5 if xsmm else 1e-6
     for k, model in enumerate(plain):
         for a, b in zip(fused.unfuse(k).parameters(), model.parameters(), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=atol)
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
-def test_first_layer_computed_ahead_is_used_only_for_the_announced_batch(streamed: bool) -> None:
+@pytest.mark.parametrize("xsmm", GEMMS)
+def test_first_layer_computed_ahead_is_used_only_for_the_announced_batch(streamed: bool, xsmm: bool) -> None:
     """A step given ``next_x`` computes the first layer for it; a call with any other batch must not use it."""
     spec = parse_spec("mlp:24-relu")
     plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(K)]
     gen = torch.Generator().manual_seed(2)
     x1, x2, other = (torch.rand(K, B, 784, generator=gen) for _ in range(3))
     y1, y2 = (torch.randint(0, 10, (K, B), generator=gen) for _ in range(2))
-    kwargs = STREAMED if streamed else {}
+    kwargs: dict[str, Any] = {"xsmm": xsmm, **(STREAMED if streamed else {})}
 
     def two_steps(announce: torch.Tensor | None, second: torch.Tensor) -> Tensor:
         step = FusedStep(FusedModel.from_models(spec, plain), lr=1e-2, weight_decay=0.0, **kwargs)

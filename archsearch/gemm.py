@@ -1,0 +1,172 @@
+"""Batched small matrix products for the CPU step, through libxsmm when it is installed, else through torch.
+
+Why: a training step of the report's MLPs at batch 32 is a chain of products like (32 x 784) @ (784 x 512), one per
+fused run. torch runs them through MKL, which on this project's 2-core AMD EPYC (Zen 4) reaches 78-90 GFLOP/s on one
+core for these shapes; libxsmm's JIT-generated kernels (Intel's small-matrix library, BSD-3, Debian's libxsmm-dev),
+called from here, reach 95-112 (the three products of a linear layer, measured side by side in one process). Its
+kernels are single-threaded, so the step uses them in single-threaded workers (``--workers``) only.
+
+libxsmm ships as a C library, so a 20-line shim (``_xsmm.c``) is compiled on first use with the system's C compiler
+into a per-user cache (``$ARCHSEARCH_CACHE``, else ``~/.cache/archsearch``), and loaded with ctypes. No compiler or
+no libxsmm: everything runs through torch, as before. ``ARCHSEARCH_GEMM=torch`` forces torch;
+``ARCHSEARCH_GEMM=libxsmm`` makes a missing libxsmm an error (CI sets it, so that it cannot fall back silently).
+
+Products are in row-major terms: ``out = beta * out + op(p) @ q`` with ``op(p) = p`` or ``p``'s transpose (libxsmm
+can transpose this operand only). Operands are (batch, rows, cols) float32 CPU tensors whose rows are contiguous;
+row and batch strides are free, so slices of stacked weights and gradients go in without copies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from archsearch.errors import UserError
+
+__all__ = ["backend", "libxsmm_available", "mm", "torch_mm", "transpose"]
+
+_SOURCE = Path(__file__).with_name("_xsmm.c")
+_INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
+_LIB_DIRS = ("/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/local/lib")
+# libxsmm's BLAS fallback is not needed (a shape without a kernel falls back to torch here): link its no-BLAS stub.
+_LIBS = ("xsmm", "xsmmnoblas")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ARCHSEARCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "archsearch"
+    )
+    return Path(root)
+
+
+def _find_libxsmm() -> tuple[Path, list[Path]] | None:
+    """libxsmm's include folder and library files (static or shared), or None."""
+    prefix = os.environ.get("LIBXSMM_ROOT")
+    includes = [Path(prefix, "include")] if prefix else [Path(d) for d in _INCLUDE_DIRS]
+    libdirs = [Path(prefix, "lib")] if prefix else [Path(d) for d in _LIB_DIRS]
+    include = next((d for d in includes if (d / "libxsmm.h").is_file()), None)
+    for suffix in (".a", ".so"):
+        for d in libdirs:
+            libs = [d / f"lib{name}{suffix}" for name in _LIBS]
+            if include is not None and all(p.is_file() for p in libs):
+                return include, libs
+    return None
+
+
+def _build(include: Path, libs: list[Path]) -> Path | None:
+    """The compiled shim, from the cache or freshly built (atomically: parallel workers may race); None if no
+    compiler. Keyed by the shim's source and the libxsmm files, so an upgrade rebuilds it."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        return None
+    key = hashlib.sha256(_SOURCE.read_bytes())
+    for lib in libs:
+        stat = lib.stat()
+        key.update(f"{lib}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    target = _cache_dir() / f"xsmm-{key.hexdigest()[:16]}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [compiler, "-O2", "-shared", "-fPIC", f"-I{include}", str(_SOURCE), "-o", tmp, *map(str, libs)]
+    try:
+        subprocess.run([*cmd, "-lpthread", "-lm", "-ldl", "-lrt"], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, target)
+    except (OSError, subprocess.SubprocessError):
+        Path(tmp).unlink(missing_ok=True)
+        return None
+    return target
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    choice = os.environ.get("ARCHSEARCH_GEMM", "auto")
+    if choice not in ("auto", "torch", "libxsmm"):
+        raise UserError(f"ARCHSEARCH_GEMM must be auto, torch or libxsmm, not {choice!r}")
+    if choice == "torch":
+        return None
+    found = _find_libxsmm()
+    path = _build(*found) if found is not None else None
+    if path is None:
+        if choice == "libxsmm":
+            what = "libxsmm (Debian: libxsmm-dev)" if found is None else "a C compiler"
+            raise UserError(f"ARCHSEARCH_GEMM=libxsmm, but {what} was not found")
+        return None
+    lib = ctypes.CDLL(str(path))
+    c_int, c_long, c_ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
+    lib.archsearch_xsmm_bgemm.argtypes = [c_int, c_int, c_int, c_int]  # batch, M, N, K
+    lib.archsearch_xsmm_bgemm.argtypes += [c_ptr, c_long, c_int, c_int, c_ptr, c_long, c_int, c_ptr, c_long, c_int]
+    lib.archsearch_xsmm_bgemm.argtypes += [ctypes.c_float]
+    lib.archsearch_xsmm_bgemm.restype = c_int
+    lib.archsearch_xsmm_btrans.argtypes = [c_int, c_int, c_int, c_ptr, c_long, c_int, c_ptr, c_long, c_int]
+    lib.archsearch_xsmm_btrans.restype = None
+    lib.archsearch_xsmm_init()
+    return lib
+
+
+def libxsmm_available() -> bool:
+    """Whether products go through libxsmm (built and loaded on the first call)."""
+    return _library() is not None
+
+
+def backend() -> str:
+    """Where ``mm`` computes: "libxsmm" or "torch"."""
+    return "libxsmm" if libxsmm_available() else "torch"
+
+
+def _rows_contiguous(t: Tensor) -> bool:
+    return t.dim() == 3 and t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(2) == 1
+
+
+def mm(p: Tensor, q: Tensor, *, out: Tensor | None = None, trans_p: bool = False, beta: float = 0.0) -> Tensor:
+    """``out = beta * out + op(p) @ q`` per batch entry (see the module's docstring); returns ``out``."""
+    batch, m, k = (p.shape[0], p.shape[2], p.shape[1]) if trans_p else p.shape
+    n = q.shape[2]
+    if out is None:
+        out = torch.empty(batch, m, n, dtype=p.dtype, device=p.device)
+    lib = _library()
+    if lib is not None and all(map(_rows_contiguous, (p, q, out))) and q.shape[:2] == (batch, k):
+        rc = lib.archsearch_xsmm_bgemm(
+            batch, m, n, k,
+            p.data_ptr(), p.stride(0), p.stride(1), int(trans_p),
+            q.data_ptr(), q.stride(0), q.stride(1),
+            out.data_ptr(), out.stride(0), out.stride(1),
+            beta,
+        )  # fmt: skip
+        if rc == 0:
+            return out
+    return torch_mm(p, q, out=out, trans_p=trans_p, beta=beta)
+
+
+def transpose(t: Tensor) -> Tensor:
+    """A contiguous copy of ``t`` (batch, rows, cols) as (batch, cols, rows); libxsmm's transpose is several times
+    faster than torch's strided copy for a batch of activations (see tests/test_gemm.py)."""
+    batch, rows, cols = t.shape
+    lib = _library()
+    if lib is None or not _rows_contiguous(t):
+        return t.transpose(1, 2).contiguous()
+    out = torch.empty(batch, cols, rows, dtype=t.dtype)
+    lib.archsearch_xsmm_btrans(
+        batch, rows, cols, t.data_ptr(), t.stride(0), t.stride(1), out.data_ptr(), cols * rows, rows
+    )
+    return out
+
+
+def torch_mm(p: Tensor, q: Tensor, *, out: Tensor | None = None, trans_p: bool = False, beta: float = 0.0) -> Tensor:
+    """``mm`` through torch (any device, any strides, any thread count)."""
+    left = p.transpose(1, 2) if trans_p else p
+    if out is None:
+        return torch.bmm(left, q)
+    if beta == 0.0:
+        return torch.bmm(left, q, out=out)
+    return out.baddbmm_(left, q, beta=beta)
