@@ -178,9 +178,10 @@ def _best_seconds(fn: Any, calls: int = 50) -> float:
 def kernel_ceiling(spec: Any, device: torch.device) -> float | None:
     """Model-steps/s one single-threaded CPU worker would reach if an MLP step were nothing but its kernels.
 
-    Times, with warm caches, exactly the kernels a step runs (per layer the forward ``baddbmm``, the weight-gradient
-    ``bmm`` and, after the first layer, the input-gradient ``bmm``; then the fused AdamW over all parameters) and adds
-    them up: no Python, no activations, no data gathering. The trainer cannot beat this on this machine.
+    Times, with warm caches, exactly the kernels a step runs (per layer the forward product, the weight-gradient
+    product and, after the first layer, the input-gradient product — through libxsmm where the workers use it
+    (archsearch.gemm), else torch's ``baddbmm``/``bmm`` —; then the fused AdamW over all parameters) and adds them up:
+    no Python, no activations, no transposes, no data gathering. The trainer cannot beat this on this machine.
     """
     if isinstance(spec, CNNSpec) or device.type != "cpu":
         return None
@@ -189,13 +190,18 @@ def kernel_ceiling(spec: Any, device: torch.device) -> float | None:
     try:
         model = FusedModel(spec, RUNS)
         seconds, rows = 0.0, BATCH
+        xsmm = gemm.libxsmm_available()
+        mm = gemm.mm if xsmm else gemm.torch_mm
         for i, (w, b) in enumerate(zip(model.fc_weights, model.fc_biases, strict=True)):
             w, b = w.detach().normal_(), b.detach()
             h, g = torch.randn(RUNS, rows, w.shape[2]), torch.randn(RUNS, rows, w.shape[1])
-            seconds += _best_seconds(partial(torch.baddbmm, b, h, w.transpose(1, 2)))
-            seconds += _best_seconds(partial(torch.bmm, g.transpose(1, 2), h))
+            if xsmm:  # the forward as the step forms it with libxsmm: W @ h^T
+                seconds += _best_seconds(partial(gemm.mm, w, h.transpose(1, 2).contiguous()))
+            else:
+                seconds += _best_seconds(partial(torch.baddbmm, b, h, w.transpose(1, 2)))
+            seconds += _best_seconds(partial(mm, g, h, trans_p=True))
             if i > 0:
-                seconds += _best_seconds(partial(torch.bmm, g, w))
+                seconds += _best_seconds(partial(mm, g, w))
         params = [p.detach() for p in model.parameters()]
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
