@@ -34,7 +34,15 @@ from torch import Tensor
 from archsearch import gemm
 from archsearch.models import FusedModel
 
-__all__ = ["ACTIVATION_BACKWARD", "BLOCK_BYTES", "STREAM_BYTES", "AdamW", "FusedStep", "per_sample_loss"]
+__all__ = [
+    "ACTIVATION_BACKWARD",
+    "BLOCK_BYTES",
+    "STREAM_BYTES",
+    "XSMM_MIN_WEIGHTS",
+    "AdamW",
+    "FusedStep",
+    "per_sample_loss",
+]
 
 aten = torch.ops.aten
 
@@ -56,6 +64,9 @@ ACTIVATION_BACKWARD: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
 BLOCK_BYTES = 1 << 20
 # Layers with less gradient than this are not streamed: at a few blocks the extra kernel calls cost more than they save.
 STREAM_BYTES = 2 << 20
+# libxsmm pays on layers with at least this many weights per run; on smaller ones (a 10-way output layer, 128 -> 64)
+# the ctypes call and the transposes cost more than its kernels save (benchmarks/bench_gemm.py: 0.45-1.0x there).
+XSMM_MIN_WEIGHTS = 32768
 
 AdamGroup = tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]  # params, grads, exp_avgs, exp_avg_sqs
 
@@ -83,6 +94,8 @@ class _Linear:
     grad_b: Tensor
     grad_w: Tensor | None  # the whole weight gradient, unless the layer is streamed in blocks
     blocks: list[_Block] | None
+    xsmm: bool = False  # products through libxsmm (archsearch.gemm), else torch
+    mm: Callable[..., Tensor] = gemm.torch_mm
 
 
 class FusedStep:
@@ -105,7 +118,8 @@ class FusedStep:
     ) -> None:
         """``stream_bytes``: layers with at least this many bytes of weights are streamed in blocks of ``block_bytes``
         (default: STREAM_BYTES when single-threaded on a CPU, else no streaming). ``xsmm``: the linear layers'
-        products through libxsmm (archsearch.gemm; default: when single-threaded on a CPU and libxsmm is there)."""
+        products through libxsmm (archsearch.gemm; default: single-threaded on a CPU with libxsmm there, layers of at
+        least XSMM_MIN_WEIGHTS weights; True: every layer)."""
         self.model, self.loss = model, loss
         self.act_backward = ACTIVATION_BACKWARD[model.spec.activation]
         self.opt = AdamW(list(model.parameters()), lr=lr, weight_decay=weight_decay)
@@ -118,12 +132,14 @@ class FusedStep:
             stream_bytes = None
         # libxsmm's kernels are single-threaded: with more threads MKL's threaded products win
         self.xsmm = (single_cpu and gemm.libxsmm_available()) if xsmm is None else xsmm
-        self.mm = gemm.mm if self.xsmm else gemm.torch_mm
         with torch.no_grad():
             self.layers = [
                 self._linear(w, b, stream_bytes, block_bytes)
                 for w, b in zip(model.fc_weights, model.fc_biases, strict=True)
             ]
+        for layer in self.layers:  # xsmm=True puts every layer through libxsmm (tests); by default the big ones
+            layer.xsmm = self.xsmm and (xsmm is True or layer.w.shape[1] * layer.w.shape[2] >= XSMM_MIN_WEIGHTS)
+            layer.mm = gemm.mm if layer.xsmm else gemm.torch_mm
         self.conv_params = [*model.conv_weights, *model.conv_biases]
         # Updated together once the backward is done: everything that is not streamed.
         self.rest = [*self.conv_params]
@@ -196,8 +212,8 @@ class FusedStep:
                 torch.sum(grad, dim=1, keepdim=True, out=layer.grad_b)
                 if layer.blocks is None:
                     assert layer.grad_w is not None
-                    self.mm(grad, inputs[i], trans_p=True, out=layer.grad_w)
-                    dx = self.mm(grad, layer.w) if need_dx else None
+                    layer.mm(grad, inputs[i], trans_p=True, out=layer.grad_w)
+                    dx = layer.mm(grad, layer.w) if need_dx else None
                 else:
                     dx = self._stream(layer, grad, inputs[i], need_dx, ahead if i == 0 else None)
                 if i > 0:
@@ -219,7 +235,7 @@ class FusedStep:
 
     def _affine(self, layer: _Linear, h: Tensor) -> Tensor:
         """``h @ W^T + b`` for the runs' inputs ``h`` (K, B, in)."""
-        if not self.xsmm:
+        if not layer.xsmm:
             return torch.baddbmm(layer.b, h, layer.w.transpose(1, 2))
         # libxsmm cannot transpose the right-hand operand, so the product is formed transposed, W @ h^T, from a copy
         # of h^T (batch-sized, cheap with libxsmm's transpose), and transposed back before the bias is added.
@@ -230,20 +246,20 @@ class FusedStep:
     ) -> Tensor | None:
         """Backward and update of a streamed layer, block by block; returns the gradient of its input if needed."""
         w, dx, ahead_parts = layer.w, None, []
-        if ahead is not None and self.xsmm:  # the next batch's output, transposed (see _affine), filled block by block
+        if ahead is not None and layer.xsmm:  # the next batch's output, transposed (see _affine), filled block by block
             ahead_t = gemm.transpose(ahead)
             ahead_zt = torch.empty(w.shape[0], w.shape[1], ahead.shape[1], dtype=w.dtype)
         for block in layer.blocks or ():
             rows = block.rows
             if need_dx:  # with the block's weights before their update
-                dx = self.mm(grad[:, :, rows], w[:, rows], out=dx, beta=0.0 if dx is None else 1.0)
-            self.mm(grad[:, :, rows], inputs, trans_p=True, out=block.grad)
+                dx = layer.mm(grad[:, :, rows], w[:, rows], out=dx, beta=0.0 if dx is None else 1.0)
+            layer.mm(grad[:, :, rows], inputs, trans_p=True, out=block.grad)
             self.opt.update(*block.adam)
-            if ahead is not None and self.xsmm:
+            if ahead is not None and layer.xsmm:
                 gemm.mm(w[:, rows], ahead_t, out=ahead_zt[:, rows])
             elif ahead is not None:  # into a fresh tensor: out= a strided slice would take a slow per-run path
                 ahead_parts.append(torch.baddbmm(layer.b[:, :, rows], ahead, w[:, rows].transpose(1, 2)))
-        if ahead is not None and self.xsmm:
+        if ahead is not None and layer.xsmm:
             self._ahead = (ahead, gemm.transpose(ahead_zt).add_(layer.b))
         elif ahead is not None:
             self._ahead = (ahead, torch.cat(ahead_parts, dim=2))

@@ -105,3 +105,23 @@ def test_gpu_checks_script_runs_its_three_stages(tmp_path: Path) -> None:
     repro = json.loads((tmp_path / "repro.json").read_text())
     assert [r["index"] for r in repro["rows"]] == [0] and repro["rows"][0]["n_runs"] == 1
     assert (tmp_path / "repro.db").is_file() and (tmp_path / "report" / "REPORT.md").is_file()
+
+
+def test_gemm_benchmark_compares_both_backends_on_every_product() -> None:
+    from archsearch import gemm
+
+    if not gemm.libxsmm_available():
+        pytest.skip("no libxsmm")
+    script = SCRIPT.with_name("bench_gemm.py")
+    cmd = [sys.executable, str(script), "--rows", "6", "--calls", "3", "--repeats", "1", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    products = report["products"]
+    assert [(p["layer"], p["product"]) for p in products] == [
+        (layer, product)
+        for layer in ("784->128", "128->10")
+        for product in ("forward", "weight gradient", "input gradient")
+    ]
+    assert all(p["torch_gflops"] > 0 and p["libxsmm_gflops"] > 0 and p["ratio"] > 0 for p in products)
+    assert report["transpose"]["libxsmm_us"] > 0

@@ -180,3 +180,20 @@ def test_step_gradients_on_gpu_equal_autograd(arch: str, monkeypatch: pytest.Mon
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         for lin, w in zip(linears, fused.fc_weights, strict=True):
             torch.testing.assert_close(grads[w][r], lin.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not gemm.libxsmm_available(), reason="no libxsmm")
+def test_libxsmm_by_default_only_for_big_layers_of_single_threaded_cpu_steps() -> None:
+    """Where it pays (benchmarks/bench_gemm.py): one thread, layers of XSMM_MIN_WEIGHTS weights or more."""
+    spec = parse_spec("mlp:512,256,64,256,10-relu")  # report row 15: 784->512, 512->256, then small layers
+    threads = torch.get_num_threads()
+    try:
+        chosen = {}
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            step = FusedStep(FusedModel(spec, 2), lr=1e-3, weight_decay=0.0)
+            chosen[n] = [layer.xsmm for layer in step.layers]
+    finally:
+        torch.set_num_threads(threads)
+    assert chosen[1] == [True, True, False, False, False, False]
+    assert chosen[2] == [False] * 6
