@@ -57,12 +57,15 @@ def spawn_workers(
 def wait_workers(procs: list[subprocess.Popen[bytes]], poll: Callable[[], None], every: float = 2.0) -> None:
     """Wait for all workers, calling ``poll`` (progress) meanwhile; stop them all if one fails or on Ctrl-C."""
     try:
-        while any(p.poll() is None for p in procs):
+        while True:
+            running = [p for p in procs if p.poll() is None]  # poll() first: it is what sets returncode
+            failed = [p for p in procs if p.returncode not in (None, 0)]
+            if failed:  # also one that failed after the last look, as all the others finished
+                raise UserError(f"a worker exited with code {failed[0].returncode}; rerun the command to resume")
+            if not running:
+                break
             poll()
             time.sleep(every)
-            failed = [p for p in procs if p.returncode not in (None, 0)]
-            if failed:
-                raise UserError(f"a worker exited with code {failed[0].returncode}; rerun the command to resume")
     finally:
         for p in procs:
             if p.poll() is None:

@@ -159,3 +159,22 @@ def test_worker_models_only_for_reproduce_studies(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a reproduce study"):
         run_worker(url, "s", device="cpu", data_dir=tmp_path / "no-data", hooks=None, models=[0])
     assert optuna.load_study(study_name="s", storage=url).get_trials() == []
+
+
+def _exiting(code: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({code})"])
+
+
+def test_a_worker_failure_is_reported_even_when_every_worker_has_ended() -> None:
+    """Workers that die before the coordinator looks (a bad setting, say) must not pass for a finished job."""
+    from archsearch.errors import UserError
+    from archsearch.workers import wait_workers
+
+    procs = [_exiting(0), _exiting(2)]
+    for p in procs:
+        p.wait()  # both ended before the first look
+    with pytest.raises(UserError, match="a worker exited with code 2; rerun the command to resume"):
+        wait_workers(procs, lambda: None, every=0.01)
+    polls: list[int] = []
+    wait_workers([_exiting(0), _exiting(0)], lambda: polls.append(1), every=0.01)
+    assert polls  # the final progress update still happens
