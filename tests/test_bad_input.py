@@ -96,5 +96,38 @@ def test_bad_input(
     assert snapshot(workdir) == before  # nothing written, nothing changed
 
 
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"ARCHSEARCH_GEMM": "fast"}, "ARCHSEARCH_GEMM must be auto, torch or libxsmm, not 'fast'"),
+        ({"ARCHSEARCH_GEMM": "libxsmm", "LIBXSMM_ROOT": "/nonexistent"}, "libxsmm (Debian: libxsmm-dev) was not found"),
+    ],
+    ids=["unknown", "required but missing"],
+)
+def test_bad_gemm_setting(
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    fragment: str,
+) -> None:
+    """Refused before the study exists, even where only the workers would have used libxsmm."""
+    from archsearch import gemm
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    gemm._library.cache_clear()  # the setting is read once per process
+    before = snapshot(workdir)
+    try:
+        code = main(["reproduce", "--models", "0", "--workers", "2", "--storage", f"sqlite:///{workdir}/new.db"])
+    finally:
+        monkeypatch.undo()
+        gemm._library.cache_clear()
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("archsearch: error: ") and fragment in err
+    assert captured.out == "" and snapshot(workdir) == before
+
+
 def test_the_table_is_big_enough() -> None:
     assert len(CASES) >= 25
