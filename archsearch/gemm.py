@@ -62,12 +62,12 @@ def _find_libxsmm() -> tuple[Path, list[Path]] | None:
     return None
 
 
-def _build(include: Path, libs: list[Path]) -> Path | None:
-    """The compiled shim, from the cache or freshly built (atomically: parallel workers may race); None if no
-    compiler. Keyed by the shim's source and the libxsmm files, so an upgrade rebuilds it."""
+def _build(include: Path, libs: list[Path]) -> Path | str:
+    """The compiled shim, from the cache or freshly built (atomically: parallel workers may race), or why it cannot
+    be. Keyed by the shim's source and the libxsmm files, so an upgrade rebuilds it."""
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
-        return None
+        return "no C compiler (cc) was found"
     key = hashlib.sha256(_SOURCE.read_bytes())
     for lib in libs:
         stat = lib.stat()
@@ -75,16 +75,23 @@ def _build(include: Path, libs: list[Path]) -> Path | None:
     target = _cache_dir() / f"xsmm-{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    except OSError as err:
+        return f"its cache {target.parent} is not writable ({err.strerror}; set ARCHSEARCH_CACHE)"
     os.close(fd)
     cmd = [compiler, "-O2", "-shared", "-fPIC", f"-I{include}", str(_SOURCE), "-o", tmp, *map(str, libs)]
     try:
         subprocess.run([*cmd, "-lpthread", "-lm", "-ldl", "-lrt"], check=True, capture_output=True, timeout=120)
         os.replace(tmp, target)
-    except (OSError, subprocess.SubprocessError):
+    except subprocess.CalledProcessError as err:
         Path(tmp).unlink(missing_ok=True)
-        return None
+        first = (err.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[0]
+        return f"compiling its shim failed: {first}"
+    except (OSError, subprocess.SubprocessError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        return f"compiling its shim failed: {err}"
     return target
 
 
@@ -96,11 +103,10 @@ def _library() -> ctypes.CDLL | None:
     if choice == "torch":
         return None
     found = _find_libxsmm()
-    path = _build(*found) if found is not None else None
-    if path is None:
+    path = _build(*found) if found is not None else "libxsmm (Debian: libxsmm-dev) was not found"
+    if isinstance(path, str):  # why not: an error where libxsmm is required, else torch does the products
         if choice == "libxsmm":
-            what = "libxsmm (Debian: libxsmm-dev)" if found is None else "a C compiler"
-            raise UserError(f"ARCHSEARCH_GEMM=libxsmm, but {what} was not found")
+            raise UserError(f"ARCHSEARCH_GEMM=libxsmm, but {path}")
         return None
     lib = ctypes.CDLL(str(path))
     c_int, c_long, c_ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
@@ -150,7 +156,7 @@ def mm(p: Tensor, q: Tensor, *, out: Tensor | None = None, trans_p: bool = False
 
 def transpose(t: Tensor) -> Tensor:
     """A contiguous copy of ``t`` (batch, rows, cols) as (batch, cols, rows); libxsmm's transpose is several times
-    faster than torch's strided copy for a batch of activations (see tests/test_gemm.py)."""
+    faster than torch's strided copy for a batch of activations (benchmarks/bench_gemm.py)."""
     batch, rows, cols = t.shape
     lib = _library()
     if lib is None or not _rows_contiguous(t):

@@ -54,7 +54,7 @@ def test_transpose_is_exact() -> None:
 
 
 def test_other_inputs_fall_back_to_torch() -> None:
-    """Transposed rows, float64, or a non-CPU layout: torch computes them (same answer, slower)."""
+    """Transposed rows or float64: torch computes them (same answer, slower)."""
     gen = torch.Generator().manual_seed(2)
     p, q = torch.randn(2, 6, 4, generator=gen), torch.randn(2, 5, 4, generator=gen).transpose(1, 2)
     torch.testing.assert_close(gemm.mm(p, q), torch.bmm(p, q))
@@ -89,6 +89,17 @@ def test_required_libxsmm_that_is_missing_is_an_error(tmp_path: Path) -> None:
     )
     auto = _backend_in_subprocess({"ARCHSEARCH_GEMM": "auto", "LIBXSMM_ROOT": str(empty)})
     assert auto.returncode == 0 and auto.stdout.strip() == "torch"
+
+
+@needs_libxsmm
+def test_unwritable_cache_falls_back_or_says_why(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a file where the cache folder should be: mkdir fails, even as root
+    auto = _backend_in_subprocess({"ARCHSEARCH_GEMM": "auto", "ARCHSEARCH_CACHE": str(blocker / "cache")})
+    assert auto.returncode == 0 and auto.stdout.strip() == "torch"
+    required = _backend_in_subprocess({"ARCHSEARCH_GEMM": "libxsmm", "ARCHSEARCH_CACHE": str(blocker / "cache")})
+    assert required.returncode != 0
+    assert f"ARCHSEARCH_GEMM=libxsmm, but its cache {blocker / 'cache'} is not writable" in required.stderr
 
 
 @needs_libxsmm
