@@ -95,7 +95,10 @@ class _Linear:
     grad_w: Tensor | None  # the whole weight gradient, unless the layer is streamed in blocks
     blocks: list[_Block] | None
     xsmm: bool = False  # products through libxsmm (archsearch.gemm), else torch
-    mm: Callable[..., Tensor] = gemm.torch_mm
+
+    @property
+    def mm(self) -> Callable[..., Tensor]:
+        return gemm.mm if self.xsmm else gemm.torch_mm
 
 
 class FusedStep:
@@ -125,13 +128,13 @@ class FusedStep:
         self.opt = AdamW(list(model.parameters()), lr=lr, weight_decay=weight_decay)
         # Streaming pays on a single-threaded CPU worker (--workers): on more threads each block's small kernels split
         # badly (row 15: 0.7x at 2 threads), and a GPU would only see more, smaller kernel launches.
+        one_thread, cpu = torch.get_num_threads() == 1, model.fc_weights[0].device.type == "cpu"
         if stream_bytes is None:
-            stream_bytes = STREAM_BYTES if torch.get_num_threads() == 1 else None
-        single_cpu = torch.get_num_threads() == 1 and model.fc_weights[0].device.type == "cpu"
-        if self.opt.fallback is not None or model.fc_weights[0].device.type != "cpu":
+            stream_bytes = STREAM_BYTES if one_thread else None
+        if self.opt.fallback is not None or not cpu:
             stream_bytes = None
         # libxsmm's kernels are single-threaded: with more threads MKL's threaded products win
-        self.xsmm = (single_cpu and gemm.libxsmm_available()) if xsmm is None else xsmm
+        self.xsmm = (one_thread and cpu and gemm.libxsmm_available()) if xsmm is None else xsmm
         with torch.no_grad():
             self.layers = [
                 self._linear(w, b, stream_bytes, block_bytes)
@@ -139,7 +142,6 @@ class FusedStep:
             ]
         for layer in self.layers:  # xsmm=True puts every layer through libxsmm (tests); by default the big ones
             layer.xsmm = self.xsmm and (xsmm is True or layer.w.shape[1] * layer.w.shape[2] >= XSMM_MIN_WEIGHTS)
-            layer.mm = gemm.mm if layer.xsmm else gemm.torch_mm
         self.conv_params = [*model.conv_weights, *model.conv_biases]
         # Updated together once the backward is done: everything that is not streamed.
         self.rest = [*self.conv_params]
