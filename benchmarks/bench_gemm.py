@@ -14,28 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from bench_trainer import BATCH, RUNS, Parser, at_least, best_seconds, report_rows_arg  # beside this script
 
 from archsearch import gemm
 from archsearch.models import FusedModel
 from archsearch.report import report_rows
-
-RUNS, BATCH = 5, 32
-
-
-def best_seconds(fn: Callable[[], object], calls: int, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
 
 
 def products(w: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> dict[str, tuple[Callable[[], object], ...]]:
@@ -54,10 +41,12 @@ def products(w: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> dict[str, tup
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="6,10,15,16", help="report rows, comma-separated (a CNN: its head)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=200)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--rows", type=report_rows_arg, default="6,10,15,16", help="report rows, comma-separated (a CNN: its head)"
+    )
+    parser.add_argument("--repeats", type=at_least(1), default=5)
+    parser.add_argument("--calls", type=at_least(1), default=200)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not gemm.libxsmm_available():
@@ -67,7 +56,7 @@ def main() -> int:
     rows = report_rows()
     results: list[dict[str, Any]] = []
     shapes = []
-    for row in (int(r) for r in args.rows.split(",")):
+    for row in args.rows:
         model = FusedModel(rows[row].spec, RUNS)
         shapes += [(row, w.shape[2], w.shape[1]) for w in model.fc_weights]
     for row, n_in, n_out in shapes:

@@ -163,11 +163,11 @@ def executed_flops_per_sample(spec: Any) -> int:
     return 6 * macs_per_sample(spec) - 2 * first_macs
 
 
-def _best_seconds(fn: Any, calls: int = 50) -> float:
-    """Fastest of three timings of ``calls`` calls, per call: the kernel's rate with warm caches."""
+def best_seconds(fn: Any, calls: int = 50, repeats: int = 3) -> float:
+    """Fastest of ``repeats`` timings of ``calls`` calls, per call: the kernel's rate with warm caches."""
     fn()
     best = float("inf")
-    for _ in range(3):
+    for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(calls):
             fn()
@@ -196,29 +196,29 @@ def kernel_ceiling(spec: Any, device: torch.device) -> float | None:
             w, b = w.detach().normal_(), b.detach()
             h, g = torch.randn(RUNS, rows, w.shape[2]), torch.randn(RUNS, rows, w.shape[1])
             if xsmm:  # the forward as the step forms it with libxsmm: W @ h^T
-                seconds += _best_seconds(partial(gemm.mm, w, h.transpose(1, 2).contiguous()))
+                seconds += best_seconds(partial(gemm.mm, w, h.transpose(1, 2).contiguous()))
             else:
-                seconds += _best_seconds(partial(torch.baddbmm, b, h, w.transpose(1, 2)))
-            seconds += _best_seconds(partial(mm, g, h, trans_p=True))
+                seconds += best_seconds(partial(torch.baddbmm, b, h, w.transpose(1, 2)))
+            seconds += best_seconds(partial(mm, g, h, trans_p=True))
             if i > 0:
-                seconds += _best_seconds(partial(mm, g, w))
+                seconds += best_seconds(partial(mm, g, w))
         params = [p.detach() for p in model.parameters()]
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
         opt = AdamW(params, lr=3e-4, weight_decay=1e-3)
-        seconds += _best_seconds(opt.step, calls=20)
+        seconds += best_seconds(opt.step, calls=20)
         return RUNS / seconds
     finally:
         torch.set_num_threads(threads)
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Bad input: one line and exit code 2, as the archsearch CLI answers (argparse would add its usage)."""
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _at_least(low: int) -> Callable[[str], int]:
+def at_least(low: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)  # argparse turns the ValueError into "invalid value" with the option's name
         if value < low:
@@ -229,7 +229,7 @@ def _at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def _rows(text: str) -> list[int]:
+def report_rows_arg(text: str) -> list[int]:
     try:
         rows = [int(s) for s in text.split(",")]
     except ValueError:
@@ -241,17 +241,17 @@ def _rows(text: str) -> list[int]:
 
 
 def main() -> int:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=_rows, default="6,10,15,16", help="report rows, comma-separated")
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=report_rows_arg, default="6,10,15,16", help="report rows, comma-separated")
     # the first 200 steps of a timing are its warm-up, so a timing needs more
-    parser.add_argument("--steps", type=_at_least(201), default=600, help="steps per archsearch run (200 warm up)")
-    parser.add_argument("--plain-steps", type=_at_least(1), default=300, help="timed steps per plain-loop measurement")
-    parser.add_argument("--repeats", type=_at_least(1), default=3, help="measurements of each kind per row (medians)")
-    parser.add_argument("--estimate-steps", type=_at_least(201), default=400, help="steps per row, full estimate")
-    parser.add_argument("--threads", type=_at_least(1), default=None)
+    parser.add_argument("--steps", type=at_least(201), default=600, help="steps per archsearch run (200 warm up)")
+    parser.add_argument("--plain-steps", type=at_least(1), default=300, help="timed steps per plain-loop measurement")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="measurements of each kind per row (medians)")
+    parser.add_argument("--estimate-steps", type=at_least(201), default=400, help="steps per row, full estimate")
+    parser.add_argument("--threads", type=at_least(1), default=None)
     parser.add_argument(
         "--workers",
-        type=_at_least(1),
+        type=at_least(1),
         default=None,
         help="processes for the workers layout; default: cores (CPU), 1 (GPU)",
     )

@@ -125,3 +125,6 @@ def test_gemm_benchmark_compares_both_backends_on_every_product() -> None:
     ]
     assert all(p["torch_gflops"] > 0 and p["libxsmm_gflops"] > 0 and p["ratio"] > 0 for p in products)
     assert report["transpose"]["libxsmm_us"] > 0
+    bad = subprocess.run([sys.executable, str(script), "--rows", "99"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("bench_gemm.py: error: argument --rows: report rows are 0")
+    assert bad.stderr.count("\n") == 1
