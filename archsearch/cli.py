@@ -63,11 +63,12 @@ def _setup_torch(threads: int | None, device: str | None) -> Any:
     from archsearch.train import default_device, use_huge_pages
 
     use_huge_pages()  # before any tensor exists
-    from archsearch import gemm
+    from archsearch import conv, gemm
 
-    # A bad ARCHSEARCH_GEMM, or a required libxsmm that is missing, is refused here in one line: the step would
-    # otherwise meet it only in a single-threaded worker, after the study was set up.
+    # A bad ARCHSEARCH_GEMM or ARCHSEARCH_CONV, or a required libxsmm or compiler that is missing, is refused here in
+    # one line: the step would otherwise meet it only in a single-threaded worker, after the study was set up.
     gemm.backend()
+    conv.backend()
     if threads:
         torch.set_num_threads(threads)
     import optuna

@@ -7,7 +7,7 @@ called from here, reach 95-112 (the three products of a linear layer, measured s
 kernels are single-threaded, so the step uses them in single-threaded workers (``--workers``) only.
 
 libxsmm ships as a C library, so a 20-line shim (``_xsmm.c``) is compiled on first use with the system's C compiler
-into a per-user cache (``$ARCHSEARCH_CACHE``, else ``~/.cache/archsearch``), and loaded with ctypes. No compiler or
+into a per-user cache (archsearch.native), and loaded with ctypes. No compiler or
 no libxsmm: everything runs through torch, as before. ``ARCHSEARCH_GEMM=torch`` forces torch;
 ``ARCHSEARCH_GEMM=libxsmm`` makes a missing libxsmm an error (CI sets it, so that it cannot fall back silently).
 
@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from archsearch import native
 from archsearch.errors import UserError
 
 __all__ = ["backend", "libxsmm_available", "mm", "torch_mm", "transpose"]
@@ -39,13 +36,6 @@ _INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
 _LIB_DIRS = ("/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/local/lib")
 # libxsmm's BLAS fallback is not needed (a shape without a kernel falls back to torch here): link its no-BLAS stub.
 _LIBS = ("xsmm", "xsmmnoblas")
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("ARCHSEARCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "archsearch"
-    )
-    return Path(root)
 
 
 def _find_libxsmm() -> tuple[Path, list[Path]] | None:
@@ -63,36 +53,10 @@ def _find_libxsmm() -> tuple[Path, list[Path]] | None:
 
 
 def _build(include: Path, libs: list[Path]) -> Path | str:
-    """The compiled shim, from the cache or freshly built (atomically: parallel workers may race), or why it cannot
-    be. Keyed by the shim's source and the libxsmm files, so an upgrade rebuilds it."""
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None:
-        return "no C compiler (cc) was found"
-    key = hashlib.sha256(_SOURCE.read_bytes())
-    for lib in libs:
-        stat = lib.stat()
-        key.update(f"{lib}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    target = _cache_dir() / f"xsmm-{key.hexdigest()[:16]}.so"
-    if target.is_file():
-        return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    except OSError as err:
-        return f"its cache {target.parent} is not writable ({err.strerror}; set ARCHSEARCH_CACHE)"
-    os.close(fd)
-    cmd = [compiler, "-O2", "-shared", "-fPIC", f"-I{include}", str(_SOURCE), "-o", tmp, *map(str, libs)]
-    try:
-        subprocess.run([*cmd, "-lpthread", "-lm", "-ldl", "-lrt"], check=True, capture_output=True, timeout=120)
-        os.replace(tmp, target)
-    except subprocess.CalledProcessError as err:
-        Path(tmp).unlink(missing_ok=True)
-        first = (err.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[0]
-        return f"compiling its shim failed: {first}"
-    except (OSError, subprocess.SubprocessError) as err:
-        Path(tmp).unlink(missing_ok=True)
-        return f"compiling its shim failed: {err}"
-    return target
+    """The compiled shim (archsearch.native), or why it cannot be; keyed by the libxsmm files too, so an upgrade
+    rebuilds it."""
+    link = [*map(str, libs), "-lpthread", "-lm", "-ldl", "-lrt"]
+    return native.build("xsmm", _SOURCE, flags=["-O2", f"-I{include}"], link=link, deps=libs)
 
 
 @functools.cache

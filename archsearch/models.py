@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from archsearch import conv as conv_kernels
 from archsearch.spec import IMAGE_SHAPE, NUM_CLASSES, CNNSpec, ConvLayer, MLPSpec, PoolLayer, Spec
 
 __all__ = ["FusedModel", "activation_module", "build_model", "count_params", "init_model", "macs_per_sample"]
@@ -152,12 +153,24 @@ class FusedModel(nn.Module):
         """The input of the fully connected head, ``(K, B, F)``: the conv trunk's output for a CNN, else ``x``."""
         if not self.conv_layers:
             return x
+        swap = self.spec.activation in _POOL_COMMUTES
+        conv, layers, deferred, start = 0, self.conv_layers, False, 0
+        first, after = layers[0], layers[1] if len(layers) > 1 else None
+        max_after = isinstance(after, PoolLayer) and after.mode == "max"
+        if isinstance(first, ConvLayer):  # single-threaded CPU: the first conv (and its pooling) by archsearch.conv
+            fuse = swap and max_after and isinstance(after, PoolLayer) and after.size == 2
+            if conv_kernels.takes(x, self.conv_weights[0], 2 if fuse else 1):
+                x = conv_kernels.first_conv(
+                    x, self.conv_weights[0], self.conv_biases[0], first.padding, 2 if fuse else 1
+                ).contiguous(memory_format=torch.channels_last)  # (now: the activation's backward mixes no layouts)
+                conv, start, deferred = 1, 2 if fuse else 1, swap and max_after and not fuse
+                if not deferred:  # (after the pooling, where it was fused: see _POOL_COMMUTES)
+                    x = self.act(x)
         # oneDNN's grouped convolution is ~2.5x faster in NHWC (channels_last) than in NCHW on CPU
         # (benchmarks/bench_trainer.py); parameters stay NCHW so checkpoints and unfuse() are unaffected.
         x = x.contiguous(memory_format=torch.channels_last)
-        swap = self.spec.activation in _POOL_COMMUTES
-        conv, layers, deferred = 0, self.conv_layers, False
-        for i, layer in enumerate(layers):
+        for i in range(start, len(layers)):
+            layer = layers[i]
             if isinstance(layer, ConvLayer):
                 w = self.conv_weights[conv].contiguous(memory_format=torch.channels_last)
                 x = F.conv2d(x, w, self.conv_biases[conv], padding=layer.padding, groups=self.k)

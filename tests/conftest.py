@@ -4,7 +4,10 @@ torch on one thread; tests marked ``cuda`` are skipped where no CUDA device exis
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,3 +72,10 @@ def single_thread() -> Iterator[None]:
 def one_thread() -> Iterator[None]:
     with single_thread():
         yield
+
+
+def python_in_subprocess(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with ``env`` added: settings read once per process (ARCHSEARCH_GEMM...)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )

@@ -101,28 +101,41 @@ def test_bad_input(
     [
         ({"ARCHSEARCH_GEMM": "fast"}, "ARCHSEARCH_GEMM must be auto, torch or libxsmm, not 'fast'"),
         ({"ARCHSEARCH_GEMM": "libxsmm", "LIBXSMM_ROOT": "/nonexistent"}, "libxsmm (Debian: libxsmm-dev) was not found"),
+        ({"ARCHSEARCH_CONV": "fast"}, "ARCHSEARCH_CONV must be auto, torch or native, not 'fast'"),
+        (
+            {
+                "ARCHSEARCH_CONV": "native",
+                "ARCHSEARCH_GEMM": "torch",  # else (in CI) a required libxsmm meets the missing compiler first
+                "CC": "/nonexistent/cc",
+                "PATH": "/nonexistent",
+                "ARCHSEARCH_CACHE": "{tmp}/c",
+            },
+            "ARCHSEARCH_CONV=native, but no C compiler (cc) was found",
+        ),
     ],
-    ids=["unknown", "required but missing"],
+    ids=["unknown", "required but missing", "conv unknown", "conv compiler missing"],
 )
-def test_bad_gemm_setting(
+def test_bad_native_setting(
     workdir: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     env: dict[str, str],
     fragment: str,
 ) -> None:
-    """Refused before the study exists, even where only the workers would have used libxsmm."""
-    from archsearch import gemm
+    """Refused before the study exists, even where only the workers would have used libxsmm or the conv kernels."""
+    from archsearch import conv, gemm
 
     for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    gemm._library.cache_clear()  # the setting is read once per process
+        monkeypatch.setenv(key, value.replace("{tmp}", str(workdir)))
+    gemm._library.cache_clear()  # the settings are read once per process
+    conv._library.cache_clear()
     before = snapshot(workdir)
     try:
         code = main(["reproduce", "--models", "0", "--workers", "2", "--storage", f"sqlite:///{workdir}/new.db"])
     finally:
         monkeypatch.undo()
         gemm._library.cache_clear()
+        conv._library.cache_clear()
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("archsearch: error: ") and fragment in err

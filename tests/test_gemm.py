@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from archsearch import gemm
+from tests.conftest import python_in_subprocess
 
 needs_libxsmm = pytest.mark.skipif(not gemm.libxsmm_available(), reason="no libxsmm")
 # shapes of report rows 10 and 15 (5 runs, batch 32), and a small uneven one
@@ -64,10 +64,7 @@ def test_other_inputs_fall_back_to_torch() -> None:
 
 
 def _backend_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    code = "from archsearch import gemm; print(gemm.backend())"
-    return subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
-    )
+    return python_in_subprocess("from archsearch import gemm; print(gemm.backend())", env)
 
 
 def test_environment_chooses_the_backend(tmp_path: Path) -> None:

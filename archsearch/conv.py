@@ -1,0 +1,141 @@
+"""A CNN's first convolution, and the 2x2 max-pooling after it, through hand-written C kernels (``_conv.c``) on
+single-threaded CPU workers; torch (oneDNN) everywhere else.
+
+Why: the fused model's first layer is a grouped convolution with one input channel per run. On one core of this
+project's 2-core AMD EPYC (Zen 4), report row 16's (5 runs of 6 filters of 5x5, batch 32) took ~1.1 ms forward and
+~1.1 ms backward in oneDNN (~25 GFLOP/s), and max-pooling its output ~1 ms more (a 2.2 MB gradient zero-filled and
+scattered every step): 3.2 of a 7.5 ms step. The kernels here correlate each run's image with its filters directly,
+vectorised along the image, and pool while the convolution's plane is still in cache; the backward rebuilds each
+plane's gradient from the pooled one and the winners' positions. About 1.3 ms for the same work
+(benchmarks/bench_trainer.py has the end-to-end effect).
+
+The arithmetic is the same sums in another order, so results agree with torch's to float rounding
+(tests/test_conv.py); the pooling's choice among tied maxima is torch's exactly (the first in scan order). The shim
+is compiled on first use (archsearch.native). ``ARCHSEARCH_CONV=torch`` forces torch; ``ARCHSEARCH_CONV=native``
+makes a missing compiler an error (CI sets it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from archsearch import native
+from archsearch.errors import UserError
+
+__all__ = ["MAX_KERNEL", "available", "backend", "first_conv", "takes"]
+
+_SOURCE = Path(__file__).with_name("_conv.c")
+MAX_KERNEL = 16  # the backward keeps a kernel row's partial sums in a fixed array
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    choice = os.environ.get("ARCHSEARCH_CONV", "auto")
+    if choice not in ("auto", "torch", "native"):
+        raise UserError(f"ARCHSEARCH_CONV must be auto, torch or native, not {choice!r}")
+    if choice == "torch":
+        return None
+    path = native.build("conv", _SOURCE, flags=["-O3", "-march=native"], link=["-lm"])
+    if isinstance(path, str):
+        if choice == "native":
+            raise UserError(f"ARCHSEARCH_CONV=native, but {path}")
+        return None
+    lib = ctypes.CDLL(str(path))
+    c_int, c_long, c_ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
+    for fn in (lib.archsearch_conv_forward, lib.archsearch_conv_backward):
+        fn.argtypes = [c_int] * 8 + [c_ptr, c_long, c_long, c_ptr, c_ptr, c_ptr, c_ptr]
+        fn.restype = c_int
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernels are there (built and loaded on the first call)."""
+    return _library() is not None
+
+
+def backend() -> str:
+    """What computes a CNN's first layer on a single-threaded CPU worker: "native" or "torch"."""
+    return "native" if available() else "torch"
+
+
+def takes(x: Tensor, weight: Tensor, pool: int) -> bool:
+    """Whether ``first_conv`` runs this case through the kernels: a single-threaded CPU process (the kernels use one
+    core; with more threads oneDNN uses them all), float32, images with contiguous rows, no input gradient."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and x.dim() == 4
+        and x.stride(3) == 1
+        and x.stride(2) == x.shape[3]
+        and not x.requires_grad
+        and weight.shape[1] == 1
+        and weight.shape[2] == weight.shape[3] <= MAX_KERNEL
+        and weight.shape[0] % x.shape[1] == 0
+        and pool in (1, 2)
+        and torch.get_num_threads() == 1
+        and available()
+    )
+
+
+def _geometry(x: Tensor, weight: Tensor, padding: int, pool: int) -> tuple[list[int], tuple[int, int, int, int]]:
+    b, k, h, w = x.shape
+    kc, _, r, _ = weight.shape
+    oh, ow = h + 2 * padding - r + 1, w + 2 * padding - r + 1
+    return [b, k, kc // k, h, w, r, padding, pool], (b, kc, oh // pool, ow // pool)
+
+
+def _forward(x: Tensor, weight: Tensor, bias: Tensor, padding: int, pool: int) -> tuple[Tensor, Tensor | None]:
+    """The pooled convolution and, with pooling, each window's winner (0-3: its row-major place in the window)."""
+    lib = _library()
+    assert lib is not None
+    dims, shape = _geometry(x, weight, padding, pool)
+    weight, bias = weight.contiguous(), bias.contiguous()
+    out = torch.empty(shape, dtype=x.dtype)
+    arg = torch.empty(shape, dtype=torch.uint8) if pool == 2 else None
+    rc = lib.archsearch_conv_forward(
+        *dims, x.data_ptr(), x.stride(0), x.stride(1), weight.data_ptr(), bias.data_ptr(), out.data_ptr(),
+        arg.data_ptr() if arg is not None else None,
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("the first convolution's buffers could not be allocated")
+    return out, arg
+
+
+class _FirstConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, padding: int, pool: int) -> Tensor:
+        out, arg = _forward(x, weight, bias, padding, pool)
+        ctx.save_for_backward(x, arg)
+        ctx.dims, ctx.weight_shape = _geometry(x, weight, padding, pool)[0], weight.shape
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, Tensor, None, None]:
+        lib = _library()
+        assert lib is not None
+        x, arg = ctx.saved_tensors
+        grad = grad.contiguous()
+        dw = torch.empty(ctx.weight_shape, dtype=grad.dtype)
+        db = torch.empty(ctx.weight_shape[0], dtype=grad.dtype)
+        rc = lib.archsearch_conv_backward(
+            *ctx.dims, x.data_ptr(), x.stride(0), x.stride(1), grad.data_ptr(),
+            arg.data_ptr() if arg is not None else None, dw.data_ptr(), db.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("the first convolution's buffers could not be allocated")
+        return None, dw, db, None, None
+
+
+def first_conv(x: Tensor, weight: Tensor, bias: Tensor, padding: int, pool: int) -> Tensor:
+    """``max_pool2d(conv2d(x, weight, bias, padding=padding, groups=K), pool)`` (no pooling for ``pool`` 1) for
+    images ``x`` (B, K, H, W) and K runs' filters ``weight`` (K*C, 1, R, R), as a contiguous (B, K*C, H', W')
+    tensor; differentiable in ``weight`` and ``bias``. Only for cases ``takes`` accepts."""
+    out: Tensor = _FirstConv.apply(x, weight, bias, padding, pool)
+    return out
