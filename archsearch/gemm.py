@@ -29,7 +29,7 @@ from torch import Tensor
 from archsearch import native
 from archsearch.errors import UserError
 
-__all__ = ["backend", "libxsmm_available", "mm", "torch_mm", "transpose"]
+__all__ = ["backend", "library", "libxsmm_available", "mm", "torch_mm", "transpose"]
 
 _SOURCE = Path(__file__).with_name("_xsmm.c")
 _INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
@@ -56,7 +56,9 @@ def _build(include: Path, libs: list[Path]) -> Path | str:
     """The compiled shim (archsearch.native), or why it cannot be; keyed by the libxsmm files too, so an upgrade
     rebuilds it."""
     link = [*map(str, libs), "-lpthread", "-lm", "-ldl", "-lrt"]
-    return native.build("xsmm", _SOURCE, flags=["-O2", f"-I{include}"], link=link, deps=libs)
+    # -ffp-contract=off: AdamW in the shim rounds as torch's kernel does, without fused multiply-adds it has not
+    flags = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", f"-I{include}"]
+    return native.build("xsmm", _SOURCE, flags=flags, link=link, deps=libs)
 
 
 @functools.cache
@@ -80,8 +82,20 @@ def _library() -> ctypes.CDLL | None:
     lib.archsearch_xsmm_bgemm.restype = c_int
     lib.archsearch_xsmm_btrans.argtypes = [c_int, c_int, c_int, c_ptr, c_long, c_int, c_ptr, c_long, c_int]
     lib.archsearch_xsmm_btrans.restype = None
+    lib.archsearch_mlp_workspace.argtypes = [c_int, c_int, c_int, c_ptr]
+    lib.archsearch_mlp_workspace.restype = c_long
+    c_double = ctypes.c_double
+    lib.archsearch_mlp_step.argtypes = [c_int, c_int, c_int, c_int, c_ptr, c_ptr, c_ptr, c_ptr]  # K, L, Bmax, B...
+    lib.archsearch_mlp_step.argtypes += [c_ptr, c_ptr, c_int, c_int, c_ptr, c_ptr]  # x, next x, its B, ahead?, y, loss
+    lib.archsearch_mlp_step.argtypes += [c_double] * 6  # step, lr, beta1, beta2, weight decay, eps
+    lib.archsearch_mlp_step.restype = c_int
     lib.archsearch_xsmm_init()
     return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded shim (products, transposes, and archsearch.cstep's whole MLP step), or None without libxsmm."""
+    return _library()
 
 
 def libxsmm_available() -> bool:

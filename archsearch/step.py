@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from archsearch import gemm
+from archsearch import cstep, gemm
 from archsearch.models import FusedModel
 
 __all__ = [
@@ -118,11 +118,13 @@ class FusedStep:
         stream_bytes: int | None = None,
         block_bytes: int = BLOCK_BYTES,
         xsmm: bool | None = None,
+        native: bool | None = None,
     ) -> None:
         """``stream_bytes``: layers with at least this many bytes of weights are streamed in blocks of ``block_bytes``
         (default: STREAM_BYTES when single-threaded on a CPU, else no streaming). ``xsmm``: the linear layers'
         products through libxsmm (archsearch.gemm; default: single-threaded on a CPU with libxsmm there, layers of at
-        least XSMM_MIN_WEIGHTS weights; True: every layer)."""
+        least XSMM_MIN_WEIGHTS weights; True: every layer). ``native``: a ReLU MLP's whole step as one C call
+        (archsearch.cstep; default: where libxsmm would compute its products; True: wherever it can run)."""
         self.model, self.loss = model, loss
         self.act_backward = ACTIVATION_BACKWARD[model.spec.activation]
         self.opt = AdamW(list(model.parameters()), lr=lr, weight_decay=weight_decay)
@@ -149,6 +151,35 @@ class FusedStep:
         state = [self.opt.state(p) for p in self.rest] if self.opt.fallback is None else []
         self.rest_avgs, self.rest_sqs = [m for m, _ in state], [v for _, v in state]
         self._ahead: tuple[Tensor, Tensor] | None = None  # (next x, its first-layer output), computed a step early
+        self.native = self._native_step(native, cpu)
+
+    def _native_step(self, wanted: bool | None, cpu: bool) -> cstep.MLPStep | None:
+        """The C step where it applies: a ReLU MLP in float32 on a CPU, libxsmm there, torch's fused AdamW."""
+        model = self.model
+        fits = (
+            not model.is_cnn
+            and model.spec.activation == "relu"
+            and cpu
+            and model.fc_weights[0].dtype == torch.float32
+            and self.opt.fallback is None
+            and gemm.library() is not None
+        )
+        if wanted is True and not fits:
+            raise ValueError("the C step takes a ReLU MLP in float32 on a CPU with libxsmm and fused AdamW")
+        if not fits or wanted is False or (wanted is None and not self.xsmm):
+            return None
+        buffers = []
+        for layer in self.layers:
+            (m_w, v_w), (m_b, v_b) = self.opt.state(layer.w), self.opt.state(layer.b)
+            if layer.blocks is None:
+                assert layer.grad_w is not None
+                grad_w, rows = layer.grad_w, 0
+            else:  # the blocks' gradients are views of one buffer, the size of the biggest block
+                first = layer.blocks[0]
+                grad_w, rows = first.grad, first.rows.stop - first.rows.start
+            w, b = layer.w.detach(), layer.b.detach()
+            buffers.append(cstep.LayerBuffers(w, b, grad_w, layer.grad_b, m_w, v_w, m_b, v_b, rows))
+        return cstep.MLPStep(buffers, lr=self.opt.lr, weight_decay=self.opt.weight_decay)
 
     def _linear(self, w: Tensor, b: Tensor, stream_bytes: int | None, block_bytes: int) -> _Linear:
         grad_b = torch.zeros_like(b)
@@ -181,6 +212,9 @@ class FusedStep:
 
         ``next_x``, the batch the next call will get, lets an MLP compute its first layer for it during this step.
         """
+        if self.native is not None:
+            self.opt.begin()
+            return self.native(x, y, next_x, float(self.opt.step_count))
         model = self.model
         features = model.features(x) if model.is_cnn else x
         for p in self.conv_params:
