@@ -184,7 +184,14 @@ def reproduce(
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate (report: 3e-4).")] = 3e-4,
     weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay (report: 1e-3).")] = 1e-3,
     quick: Annotated[bool, typer.Option(help="A few-minute first look: 2 runs of 2 epochs.")] = False,
-    workers: WorkersOpt = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Parallel worker processes on this machine (each gets cores/N threads); default: one per core on a "
+            "CPU (the fastest layout), one on a GPU or with --threads.",
+        ),
+    ] = None,
     storage: StorageOpt = None,
     study_name: StudyOpt = None,
     out_dir: Annotated[
@@ -202,7 +209,7 @@ def reproduce(
     from archsearch.data import default_data_dir, ensure_raw_files, load_dataset
     from archsearch.report import parse_indexes
     from archsearch.storage import DEFAULT_STORAGE, open_storage
-    from archsearch.workers import spawn_workers, wait_workers
+    from archsearch.workers import default_workers, spawn_workers, wait_workers
 
     cfg = rep.ReproduceConfig(
         indexes=tuple(parse_indexes(models)),
@@ -222,6 +229,8 @@ def reproduce(
     name = study_name or cfg.default_study_name()
     study = rep.open_reproduce_study(store, name, cfg)
     todo = rep.pending(study, cfg)
+    if workers is None:
+        workers = default_workers(dev, threads, len(todo))
     with progress.bar(enabled=not json_ and bool(todo)) as bar:
         overall = bar.add_task(f"study {name}: trials", total=len(todo))
         if todo and workers > 1:

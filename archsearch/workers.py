@@ -25,11 +25,44 @@ from archsearch.data import load_dataset
 from archsearch.errors import UserError
 from archsearch.objective import Hooks
 
-__all__ = ["run_worker", "spawn_workers", "threads_per_worker", "wait_workers"]
+__all__ = ["default_workers", "run_worker", "spawn_workers", "threads_per_worker", "usable_cores", "wait_workers"]
+
+
+# A worker's peak resident memory on the report's largest rows, with margin (measured: 0.96 GB for one process
+# training rows 13 and 15, 1.84 GB for two workers and their coordinator).
+WORKER_BYTES = 1 << 30
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, as a container's cpuset sets it), else all of them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def default_workers(device: Any, threads: int | None, trials: int) -> int:
+    """``--workers`` when not given. On a CPU, one single-threaded worker per core: the fastest layout measured
+    (benchmarks/bench_trainer.py, report rows 6, 10, 15, 16 on 2 cores: 1.6-2.2x the model-steps/s of one process
+    with 2 threads, where the C kernels of archsearch.gemm, cstep and conv do not apply) — but no more workers than
+    trials, nor than the free memory holds. One process on a GPU (the GPU time-slices between processes: 4 workers
+    measured 0.94-1.07x of one) and wherever ``--threads`` says how to use the cores."""
+    if getattr(device, "type", "cpu") != "cpu" or threads is not None or trials <= 1:
+        return 1
+    memory = _available_memory()
+    fit = max(1, memory // WORKER_BYTES) if memory is not None else usable_cores()
+    return max(1, min(usable_cores(), trials, fit))
 
 
 def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, usable_cores() // workers)
 
 
 def spawn_workers(

@@ -38,6 +38,7 @@ from archsearch.report import report_rows
 from archsearch.spec import IMAGE_SHAPE, NUM_CLASSES, CNNSpec, ConvLayer
 from archsearch.step import AdamW
 from archsearch.train import Protocol, default_device, train, use_huge_pages
+from archsearch.workers import default_workers
 
 RUNS, EPOCHS, BATCH, TRAIN_SIZE = 5, 50, 32, 60000
 
@@ -379,6 +380,7 @@ def main() -> int:
         print(
             f"estimated full reproduction (17 rows × {RUNS} runs × {EPOCHS} epochs): {total_s / 60:.0f} min in one "
             f"process, {report['full_reproduction_estimate_workers_min']:.0f} min with --workers {w}"
+            + (" (reproduce's default here)" if w == default_workers(device, None, len(rows)) else "")
         )
     return 0
 

@@ -178,3 +178,31 @@ def test_a_worker_failure_is_reported_even_when_every_worker_has_ended() -> None
     polls: list[int] = []
     wait_workers([_exiting(0), _exiting(0)], lambda: polls.append(1), every=0.01)
     assert polls  # the final progress update still happens
+
+
+def test_default_workers_one_per_core_on_a_cpu_within_trials_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from archsearch import workers
+
+    monkeypatch.setattr(workers, "usable_cores", lambda: 8)
+    monkeypatch.setattr(workers, "_available_memory", lambda: 20 * workers.WORKER_BYTES)
+    cpu = torch.device("cpu")
+    assert workers.default_workers(cpu, None, 17) == 8  # one per core
+    assert workers.default_workers(cpu, None, 3) == 3  # no idle workers
+    assert workers.default_workers(cpu, None, 1) == 1  # a single trial trains in the command's own process
+    assert workers.default_workers(cpu, 4, 17) == 1  # --threads says how to use the cores
+    assert workers.default_workers(torch.device("cuda"), None, 17) == 1  # one GPU: one process
+    monkeypatch.setattr(workers, "_available_memory", lambda: 5 * workers.WORKER_BYTES // 2)
+    assert workers.default_workers(cpu, None, 17) == 2  # as many as the free memory holds
+    monkeypatch.setattr(workers, "_available_memory", lambda: None)
+    assert workers.default_workers(cpu, None, 17) == 8
+    assert workers.threads_per_worker(8) == 1 and workers.threads_per_worker(3) == 2
+
+
+def test_usable_cores_and_free_memory_are_read_from_this_machine() -> None:
+    from archsearch import workers
+
+    assert 1 <= workers.usable_cores() <= (os.cpu_count() or 1)
+    free = workers._available_memory()
+    assert free is None or free > 0
