@@ -6,10 +6,11 @@ core for these shapes; libxsmm's JIT-generated kernels (Intel's small-matrix lib
 called from here, reach 95-112 (the three products of a linear layer, measured side by side in one process). Its
 kernels are single-threaded, so the step uses them in single-threaded workers (``--workers``) only.
 
-libxsmm ships as a C library, so a 20-line shim (``_xsmm.c``) is compiled on first use with the system's C compiler
-into a per-user cache (archsearch.native), and loaded with ctypes. No compiler or
-no libxsmm: everything runs through torch, as before. ``ARCHSEARCH_GEMM=torch`` forces torch;
-``ARCHSEARCH_GEMM=libxsmm`` makes a missing libxsmm an error (CI sets it, so that it cannot fall back silently).
+libxsmm ships as a C library, so a shim (``_xsmm.c``: these products and transposes, and archsearch.cstep's whole
+MLP step built on them) is compiled on first use with the system's C compiler into a per-user cache
+(archsearch.native), and loaded with ctypes. No compiler or no libxsmm: everything runs through torch, as before.
+``ARCHSEARCH_GEMM=torch`` forces torch; ``ARCHSEARCH_GEMM=libxsmm`` makes a missing libxsmm an error (CI sets it, so
+that it cannot fall back silently).
 
 Products are in row-major terms: ``out = beta * out + op(p) @ q`` with ``op(p) = p`` or ``p``'s transpose (libxsmm
 can transpose this operand only). Operands are (batch, rows, cols) float32 CPU tensors whose rows are contiguous;
