@@ -137,15 +137,27 @@ static void pool2_plane(const geom *g, const float *conv, float *out, unsigned c
     }
 }
 
+/* Scratch memory kept from call to call (per thread), grown when a call needs more: a training step calls these
+ * functions with the same sizes every time, so after the first step nothing is allocated. */
+static void *scratch(int slot, size_t bytes) {
+  static __thread void *buffers[4];
+  static __thread size_t sizes[4];
+  if (bytes > sizes[slot]) {
+    size_t size = (bytes + 63) / 64 * 64;
+    void *grown = aligned_alloc(64, size);
+    if (grown == NULL) return NULL;
+    free(buffers[slot]);
+    buffers[slot] = grown, sizes[slot] = size;
+  }
+  return buffers[slot];
+}
+
 int archsearch_conv_forward(int B, int K, int C, int H, int W, int R, int pad, int pool, const float *x, long sb,
                             long sk, const float *w, const float *bias, float *out, unsigned char *arg) {
   geom g = make_geom(B, K, C, H, W, R, pad, pool);
   const long ilen = image_len(&g), plane = (long)g.nvec * V + 2 * V, KC = (long)K * C;
-  float *img = malloc(ilen * sizeof(float)), *conv = malloc(plane * C * sizeof(float));
-  if (img == NULL || conv == NULL) {
-    free(img), free(conv);
-    return -1;
-  }
+  float *img = scratch(0, ilen * sizeof(float)), *conv = scratch(1, plane * C * sizeof(float));
+  if (img == NULL || conv == NULL) return -1;
   const int cb = block_of(C);
   for (int b = 0; b < B; b++)
     for (int k = 0; k < K; k++) {
@@ -165,7 +177,6 @@ int archsearch_conv_forward(int B, int K, int C, int H, int W, int R, int pad, i
         }
       }
     }
-  free(img), free(conv);
   return 0;
 }
 
@@ -202,15 +213,13 @@ int archsearch_conv_backward(int B, int K, int C, int H, int W, int R, int pad, 
                              long sk, const float *grad, const unsigned char *arg, float *dw, float *dbias) {
   geom g = make_geom(B, K, C, H, W, R, pad, pool);
   const long ilen = image_len(&g), plane = (long)g.nvec * V, KC = (long)K * C, taps = (long)R * R;
-  float *img = malloc(ilen * sizeof(float)), *gc = calloc(plane * C, sizeof(float));
-  /* per filter and tap: a vector of partial sums, reduced at the end (aligned: vector loads and stores) */
-  vf *acc = aligned_alloc(sizeof(vf), KC * taps * sizeof(vf));
-  double *bsum = calloc(KC, sizeof(double));
-  if (img == NULL || gc == NULL || acc == NULL || bsum == NULL) {
-    free(img), free(gc), free(acc), free(bsum);
-    return -1;
-  }
+  float *img = scratch(0, ilen * sizeof(float)), *gc = scratch(1, plane * C * sizeof(float));
+  /* per filter and tap: a vector of partial sums, reduced at the end */
+  vf *acc = scratch(2, KC * taps * sizeof(vf));
+  double *bsum = scratch(3, KC * sizeof(double));
+  if (img == NULL || gc == NULL || acc == NULL || bsum == NULL) return -1;
   memset(acc, 0, KC * taps * sizeof(vf));
+  memset(bsum, 0, KC * sizeof(double));
   for (int b = 0; b < B; b++)
     for (int k = 0; k < K; k++) {
       load_image(&g, x, sb, sk, b, k, img, ilen);
@@ -239,6 +248,5 @@ int archsearch_conv_backward(int B, int K, int C, int H, int W, int R, int pad, 
     }
     dbias[f] = (float)bsum[f];
   }
-  free(img), free(gc), free(acc), free(bsum);
   return 0;
 }
