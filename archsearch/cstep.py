@@ -16,7 +16,9 @@ the step's activations live in a workspace allocated here, sized for the largest
 from __future__ import annotations
 
 import ctypes
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import Tensor
@@ -31,12 +33,12 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
 @dataclass
 class LayerBuffers:
-    """One linear layer's tensors, all float32, contiguous, on the CPU; ``rows`` > 0: streamed in blocks of that many
-    output rows, ``grad_w`` then being the (K, rows, in) block buffer."""
+    """One linear layer's tensors, all float32, contiguous, on the CPU. ``rows`` > 0: the layer is streamed in blocks
+    of that many output rows, and its weight gradient lives in block buffers made here (``grad_w`` is then unused)."""
 
     w: Tensor  # (K, out, in)
     b: Tensor  # (K, 1, out)
-    grad_w: Tensor
+    grad_w: Tensor | None  # (K, out, in), unless streamed
     grad_b: Tensor
     exp_avg_w: Tensor
     exp_avg_sq_w: Tensor
@@ -44,22 +46,55 @@ class LayerBuffers:
     exp_avg_sq_b: Tensor
     rows: int = 0
 
-    def tensors(self) -> list[Tensor]:
-        return [self.w, self.b, self.grad_w, self.grad_b, self.exp_avg_w, self.exp_avg_sq_w, self.exp_avg_b,
-                self.exp_avg_sq_b]  # fmt: skip
+
+def _split(k: int, groups: int) -> list[tuple[int, int]]:
+    """Runs 0..k-1 as ``groups`` contiguous ranges, as even as possible."""
+    groups = max(1, min(groups, k))
+    bounds = [round(i * k / groups) for i in range(groups + 1)]
+    return list(pairwise(bounds))
+
+
+class _Group:
+    """Runs [start, stop): the C side's view of every layer's tensors (addresses of the group's first run), its own
+    block buffers for streamed layers and its own workspace."""
+
+    def __init__(self, layers: list[LayerBuffers], start: int, stop: int) -> None:
+        self.start, self.k = start, stop - start
+        ptrs: list[int] = []
+        self._keep: list[Tensor] = []
+        for layer in layers:
+            tensors = [layer.w, layer.b, layer.grad_w, layer.grad_b, layer.exp_avg_w, layer.exp_avg_sq_w,
+                       layer.exp_avg_b, layer.exp_avg_sq_b]  # fmt: skip
+            starts = [start] * 8
+            if layer.rows > 0:  # the group's own block buffer, which the C step views as (k, n, in) per block
+                block = torch.empty(self.k, layer.rows * layer.w.shape[2], dtype=torch.float32)
+                self._keep.append(block)
+                tensors[2], starts[2] = block, 0
+            for t, first in zip(tensors, starts, strict=True):
+                assert t is not None
+                ptrs.append(t.data_ptr() + first * (t.numel() // t.shape[0]) * t.element_size())
+        self.params = (ctypes.c_void_p * len(ptrs))(*ptrs)
+        self.work: Tensor | None = None
 
 
 class MLPStep:
     """Call with x (K, B, in), labels y (K, B), the announced next batch (or None) and AdamW's step number (already
-    counted for this step); returns each run's loss (K,)."""
+    counted for this step); returns each run's loss (K,).
 
-    def __init__(self, layers: list[LayerBuffers], *, lr: float, weight_decay: float) -> None:
+    With ``groups`` > 1 the runs are split into that many groups, each stepped by its own C call on its own thread
+    (ctypes releases the GIL): the runs share nothing, so a group computes exactly what the whole would for its runs,
+    and a run's numbers do not depend on the grouping (tests/test_cstep.py). One group per core lets a single
+    process use its cores with the single-threaded libxsmm kernels.
+    """
+
+    def __init__(self, layers: list[LayerBuffers], *, lr: float, weight_decay: float, groups: int = 1) -> None:
         lib = gemm.library()
         if lib is None:
             raise RuntimeError("the C step needs libxsmm (archsearch.gemm)")
         self.lib, self.lr, self.weight_decay = lib, lr, weight_decay
         self.k = layers[0].w.shape[0]
-        tensors = [t for layer in layers for t in layer.tensors()]
+        tensors = [t for layer in layers for t in (layer.w, layer.b, layer.grad_w, layer.grad_b, layer.exp_avg_w,
+                   layer.exp_avg_sq_w, layer.exp_avg_b, layer.exp_avg_sq_b) if t is not None]  # fmt: skip
         if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors):
             raise ValueError("the C step takes contiguous float32 CPU tensors")
         self._tensors = tensors  # the C side holds their addresses: keep them alive
@@ -67,30 +102,42 @@ class MLPStep:
         self.n_layers = len(layers)
         self.dims = (ctypes.c_int * len(dims))(*dims)
         self.rows = (ctypes.c_int * len(layers))(*(layer.rows for layer in layers))
-        self.params = (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
-        self.work: Tensor | None = None
+        self.groups = [_Group(layers, start, stop) for start, stop in _split(self.k, groups)]
+        self._pool = ThreadPoolExecutor(len(self.groups) - 1) if len(self.groups) > 1 else None
         self.bmax = 0
         self._ahead_of: Tensor | None = None  # the batch whose first layer the last call computed
 
     def __call__(self, x: Tensor, y: Tensor, next_x: Tensor | None, step: float) -> Tensor:
         batch, next_batch = x.shape[1], next_x.shape[1] if next_x is not None else 0
-        if max(batch, next_batch) > self.bmax:  # a bigger batch: a bigger workspace (and no first layer ahead)
+        if max(batch, next_batch) > self.bmax:  # a bigger batch: bigger workspaces (and no first layer ahead)
             self.bmax = max(batch, next_batch)
-            size = self.lib.archsearch_mlp_workspace(self.k, self.n_layers, self.bmax, self.dims)
-            self.work, self._ahead_of = torch.empty(size, dtype=torch.float32), None
-        assert self.work is not None
+            for group in self.groups:
+                size = self.lib.archsearch_mlp_workspace(group.k, self.n_layers, self.bmax, self.dims)
+                group.work = torch.empty(size, dtype=torch.float32)
+            self._ahead_of = None
         x, y = x.contiguous(), y.to(torch.int64).contiguous()
         assert x.dtype == torch.float32 and x.device.type == "cpu"
         if next_x is not None:
             next_x = next_x.contiguous()
+        ahead = int(self._ahead_of is not None and self._ahead_of is x)
         loss = torch.empty(self.k, dtype=torch.float32)
-        rc = self.lib.archsearch_mlp_step(
-            self.k, self.n_layers, self.bmax, batch, self.dims, self.rows, self.params, self.work.data_ptr(),
-            x.data_ptr(), next_x.data_ptr() if next_x is not None else None, next_batch,
-            int(self._ahead_of is not None and self._ahead_of is x), y.data_ptr(), loss.data_ptr(),
-            step, self.lr, BETA1, BETA2, self.weight_decay, EPS,
-        )  # fmt: skip
-        if rc != 0:
-            raise RuntimeError(f"the C training step failed (code {rc})")
+
+        def run(group: _Group) -> int:
+            assert group.work is not None
+            at = group.start
+            rc: int = self.lib.archsearch_mlp_step(
+                group.k, self.n_layers, self.bmax, batch, self.dims, self.rows, group.params, group.work.data_ptr(),
+                x[at].data_ptr(), next_x[at].data_ptr() if next_x is not None else None, next_batch, ahead,
+                y[at].data_ptr(), loss[at:].data_ptr(), step, self.lr, BETA1, BETA2, self.weight_decay, EPS,
+            )  # fmt: skip
+            return rc
+
+        if self._pool is None:
+            codes = [run(self.groups[0])]
+        else:  # the first group on this thread, the others on the pool's
+            others = [self._pool.submit(run, group) for group in self.groups[1:]]
+            codes = [run(self.groups[0]), *(f.result() for f in others)]
+        if any(codes):
+            raise RuntimeError(f"the C training step failed (code {max(codes, key=abs)})")
         self._ahead_of = next_x
         return loss

@@ -126,16 +126,23 @@ class FusedStep:
         """``stream_bytes``: layers with at least this many bytes of weights are streamed in blocks of ``block_bytes``
         (default: STREAM_BYTES when single-threaded on a CPU, else no streaming). ``xsmm``: the linear layers'
         products through libxsmm (archsearch.gemm; default: single-threaded on a CPU with libxsmm there, layers of at
-        least XSMM_MIN_WEIGHTS weights; True: every layer). ``native``: a ReLU MLP's whole step as one C call
-        (archsearch.cstep; default: where libxsmm would compute its products; True: wherever it can run)."""
+        least XSMM_MIN_WEIGHTS weights; True: every layer). ``native``: a ReLU MLP's whole step in C
+        (archsearch.cstep; default: wherever it can run, unless ``xsmm`` is False; False: the Python step)."""
         self.model, self.loss = model, loss
         self.act_backward = ACTIVATION_BACKWARD[model.spec.activation]
         self.opt = AdamW(list(model.parameters()), lr=lr, weight_decay=weight_decay)
-        # Streaming pays on a single-threaded CPU worker (--workers): on more threads each block's small kernels split
-        # badly (row 15: 0.7x at 2 threads), and a GPU would only see more, smaller kernel launches.
-        one_thread, cpu = torch.get_num_threads() == 1, model.fc_weights[0].device.type == "cpu"
+        threads, cpu = torch.get_num_threads(), model.fc_weights[0].device.type == "cpu"
+        one_thread = threads == 1
+        fits = self._native_fits(cpu)
+        if native is True and not fits:
+            raise ValueError("the C step takes a ReLU MLP in float32 on a CPU with libxsmm and fused AdamW")
+        # By default wherever it fits, unless the caller asked for torch's products (xsmm=False: the Python step)
+        use_native = fits and (native is True or (native is None and xsmm is not False))
+        # Streaming pays on a single-threaded CPU worker (--workers) and in the C step, whose groups of runs each run on
+        # one thread: on more threads each block's small kernels split badly (row 15: 0.7x at 2 threads), and a GPU
+        # would only see more, smaller kernel launches.
         if stream_bytes is None:
-            stream_bytes = STREAM_BYTES if one_thread else None
+            stream_bytes = STREAM_BYTES if one_thread or use_native else None
         if self.opt.fallback is not None or not cpu:
             stream_bytes = None
         # libxsmm's kernels are single-threaded: with more threads MKL's threaded products win
@@ -154,12 +161,12 @@ class FusedStep:
         state = [self.opt.state(p) for p in self.rest] if self.opt.fallback is None else []
         self.rest_avgs, self.rest_sqs = [m for m, _ in state], [v for _, v in state]
         self._ahead: tuple[Tensor, Tensor] | None = None  # (next x, its first-layer output), computed a step early
-        self.native = self._native_step(native, cpu)
+        self.native = self._native_step(threads) if use_native else None
 
-    def _native_step(self, wanted: bool | None, cpu: bool) -> cstep.MLPStep | None:
-        """The C step where it applies: a ReLU MLP in float32 on a CPU, libxsmm there, torch's fused AdamW."""
+    def _native_fits(self, cpu: bool) -> bool:
+        """Whether the C step can run this model: a ReLU MLP in float32 on a CPU, libxsmm there, fused AdamW."""
         model = self.model
-        fits = (
+        return (
             not model.is_cnn
             and model.spec.activation == "relu"
             and cpu
@@ -167,22 +174,16 @@ class FusedStep:
             and self.opt.fallback is None
             and gemm.library() is not None
         )
-        if wanted is True and not fits:
-            raise ValueError("the C step takes a ReLU MLP in float32 on a CPU with libxsmm and fused AdamW")
-        if not fits or wanted is False or (wanted is None and not self.xsmm):
-            return None
+
+    def _native_step(self, threads: int) -> cstep.MLPStep:
+        """The C step over this step's buffers, the runs split into one group per thread."""
         buffers = []
         for layer in self.layers:
             (m_w, v_w), (m_b, v_b) = self.opt.state(layer.w), self.opt.state(layer.b)
-            if layer.blocks is None:
-                assert layer.grad_w is not None
-                grad_w, rows = layer.grad_w, 0
-            else:  # the blocks' gradients are views of one buffer, the size of the biggest block
-                first = layer.blocks[0]
-                grad_w, rows = first.grad, first.rows.stop - first.rows.start
+            rows = 0 if layer.blocks is None else layer.blocks[0].rows.stop - layer.blocks[0].rows.start
             w, b = layer.w.detach(), layer.b.detach()
-            buffers.append(cstep.LayerBuffers(w, b, grad_w, layer.grad_b, m_w, v_w, m_b, v_b, rows))
-        return cstep.MLPStep(buffers, lr=self.opt.lr, weight_decay=self.opt.weight_decay)
+            buffers.append(cstep.LayerBuffers(w, b, layer.grad_w, layer.grad_b, m_w, v_w, m_b, v_b, rows))
+        return cstep.MLPStep(buffers, lr=self.opt.lr, weight_decay=self.opt.weight_decay, groups=threads)
 
     def _linear(self, w: Tensor, b: Tensor, stream_bytes: int | None, block_bytes: int) -> _Linear:
         grad_b = torch.zeros_like(b)

@@ -138,6 +138,26 @@ def _on_gpu(device: torch.device) -> Iterator[None]:
         cudnn.allow_tf32, cudnn.deterministic = before
 
 
+@contextmanager
+def _loop_threads(step_fn: FusedStep) -> Iterator[None]:
+    """torch on one thread while the C step spreads its runs over the cores itself (archsearch.cstep's groups).
+
+    Why: the loop's few torch operations (the batch gather) would otherwise wake torch's OpenMP threads, which then
+    spin, waiting for more work, on the very cores the groups need: one process on 2 cores measured 0.9k -> 1.4k
+    model-steps/s on report row 10 and 0.7k -> 1.1-1.3k on row 15 without that spinning.
+    """
+    native = step_fn.native
+    if native is None or len(native.groups) == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.no_grad()
 def _predict(model: FusedModel, x: torch.Tensor) -> torch.Tensor:
     """Predicted classes (K, N) of every run for the same images x (N, 1, 28, 28)."""
@@ -217,23 +237,24 @@ def train(
                 replayed = graphed.batches.full
             batches = _batches(images, data.train_y, perms, bs, is_mlp, start=replayed * bs)
             upcoming = next(batches, None)
-            for i in range(steps):
-                if i < replayed:
-                    assert graphed is not None
-                    run_loss = graphed()
-                else:
-                    assert upcoming is not None
-                    x, y = upcoming
-                    # The next batch is known a step early: an MLP's step computes its first layer (see FusedStep)
-                    upcoming = next(batches, None)
-                    # (K,): runs share nothing, so each gets exactly its own gradient
-                    run_loss = step_fn(x, y, upcoming[0] if upcoming is not None else None)
-                loss_sum += run_loss
-                if record_steps:
-                    step_losses.append(run_loss.cpu())
-                done += 1
-                if on_step is not None and (done % 200 == 0 or done == total_steps):
-                    on_step(done, total_steps)
+            with _loop_threads(step_fn):
+                for i in range(steps):
+                    if i < replayed:
+                        assert graphed is not None
+                        run_loss = graphed()
+                    else:
+                        assert upcoming is not None
+                        x, y = upcoming
+                        # The next batch is known a step early: an MLP's step computes its first layer (FusedStep)
+                        upcoming = next(batches, None)
+                        # (K,): runs share nothing, so each gets exactly its own gradient
+                        run_loss = step_fn(x, y, upcoming[0] if upcoming is not None else None)
+                    loss_sum += run_loss
+                    if record_steps:
+                        step_losses.append(run_loss.cpu())
+                    done += 1
+                    if on_step is not None and (done % 200 == 0 or done == total_steps):
+                        on_step(done, total_steps)
             mean_loss = (loss_sum / steps).cpu()
             diverged |= ~torch.isfinite(mean_loss)
             model.eval()

@@ -3,6 +3,8 @@ torch.optim.AdamW's updates, the first layer ahead only for the announced batch,
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -118,16 +120,50 @@ def test_rerun_is_bit_identical() -> None:
 
 
 def test_where_the_c_step_runs() -> None:
-    """By default where libxsmm computes the products (one thread, CPU) and the model is a ReLU MLP."""
+    """By default for every ReLU MLP on a CPU with libxsmm, its runs in one group per thread; not for other models,
+    nor where the caller asks for torch's products."""
     threads = torch.get_num_threads()
+
+    def step(text: str, k: int = 5, **kwargs: Any) -> FusedStep:
+        return FusedStep(FusedModel(parse_spec(text), k), lr=1e-3, weight_decay=0.0, **kwargs)
+
     try:
         torch.set_num_threads(1)
-        assert FusedStep(FusedModel(parse_spec("mlp:16-relu"), 2), lr=1e-3, weight_decay=0.0).native is not None
-        assert FusedStep(FusedModel(parse_spec("mlp:16-tanh"), 2), lr=1e-3, weight_decay=0.0).native is None
-        assert FusedStep(FusedModel(parse_spec("cnn:4c3-fc-relu"), 2), lr=1e-3, weight_decay=0.0).native is None
+        native = step("mlp:16-relu").native
+        assert native is not None and [(g.start, g.k) for g in native.groups] == [(0, 5)]
+        assert step("mlp:16-tanh").native is None and step("cnn:4c3-fc-relu").native is None
+        assert step("mlp:16-relu", xsmm=False).native is None and step("mlp:16-relu", native=False).native is None
         torch.set_num_threads(2)
-        assert FusedStep(FusedModel(parse_spec("mlp:16-relu"), 2), lr=1e-3, weight_decay=0.0).native is None
+        native = step("mlp:16-relu").native
+        assert native is not None and [(g.start, g.k) for g in native.groups] == [(0, 2), (2, 3)]
+        native = step("mlp:16-relu", k=1).native
+        assert native is not None and len(native.groups) == 1  # no more groups than runs
         with pytest.raises(ValueError, match="ReLU MLP"):
-            FusedStep(FusedModel(parse_spec("mlp:16-gelu"), 2), lr=1e-3, weight_decay=0.0, native=True)
+            step("mlp:16-gelu", native=True)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_a_runs_numbers_do_not_depend_on_the_threads(streamed: bool) -> None:
+    """One group of 5 runs on one thread, or groups of 2 and 3 on two threads: each run gets the very same numbers,
+    losses and weights, bit for bit (the runs share nothing, and the blocks are cut the same way)."""
+    arch = "mlp:40,8,30-relu"
+    spec = parse_spec(arch)
+    plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(5)]
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.rand(5, B, 784, generator=gen) for _ in range(4)]
+    ys = [torch.randint(0, 10, (5, B), generator=gen) for _ in range(4)]
+    threads, results = torch.get_num_threads(), []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            fused = FusedModel.from_models(spec, plain)
+            step = FusedStep(fused, lr=1e-2, weight_decay=1e-3, **(STREAMED if streamed else {}))
+            assert step.native is not None and len(step.native.groups) == n
+            losses = [step(xs[i], ys[i], xs[i + 1] if i < 3 else None) for i in range(4)]
+            results.append((torch.stack(losses), [p.detach().clone() for p in fused.parameters()]))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(p, q) for p, q in zip(results[0][1], results[1][1], strict=True))

@@ -1,4 +1,5 @@
-"""The hand-written training step computes autograd's gradients, for every activation, in MLPs and CNNs."""
+"""The hand-written training step computes autograd's gradients, for every activation, in MLPs and CNNs (the Python
+step: native=False; tests/test_cstep.py holds the C step of ReLU MLPs to the same)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ def test_step_gradients_equal_autograd_on_plain_models(
     x = torch.rand(K, B, 1, 28, 28, generator=gen) * 2 - 0.5  # negatives too, so relu/hardtanh see ties
     y = torch.randint(0, 10, (K, B), generator=gen)
     fused = FusedModel.from_models(spec, plain)
-    step = FusedStep(fused, lr=0.0, weight_decay=0.0, loss=loss, xsmm=xsmm, **(STREAMED if streamed else {}))
+    step = FusedStep(
+        fused, lr=0.0, weight_decay=0.0, loss=loss, xsmm=xsmm, native=False, **(STREAMED if streamed else {})
+    )
     assert (step.layers[0].blocks is not None) == streamed and step.xsmm == xsmm
     inp = x.reshape(K, B, 784) if isinstance(spec, MLPSpec) else x.squeeze(2).transpose(0, 1)
     run_loss = step(inp, y)
@@ -93,7 +96,9 @@ def test_step_updates_like_torch_adamw(arch: str, mode: str, xsmm: bool, monkeyp
     spec = parse_spec(arch)
     plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(K)]
     fused = FusedModel.from_models(spec, plain)
-    step = FusedStep(fused, lr=1e-2, weight_decay=1e-2, xsmm=xsmm, **(STREAMED if mode != "whole" else {}))
+    step = FusedStep(
+        fused, lr=1e-2, weight_decay=1e-2, xsmm=xsmm, native=False, **(STREAMED if mode != "whole" else {})
+    )
     assert (step.opt.fallback is not None) == (mode == "no-fused-kernel")
     assert (step.layers[0].blocks is not None) == (mode == "streamed")
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=1e-2) for m in plain]
@@ -129,7 +134,7 @@ def test_first_layer_computed_ahead_is_used_only_for_the_announced_batch(streame
     gen = torch.Generator().manual_seed(2)
     x1, x2, other = (torch.rand(K, B, 784, generator=gen) for _ in range(3))
     y1, y2 = (torch.randint(0, 10, (K, B), generator=gen) for _ in range(2))
-    kwargs: dict[str, Any] = {"xsmm": xsmm, **(STREAMED if streamed else {})}
+    kwargs: dict[str, Any] = {"xsmm": xsmm, "native": False, **(STREAMED if streamed else {})}
 
     def two_steps(announce: torch.Tensor | None, second: torch.Tensor) -> Tensor:
         step = FusedStep(FusedModel.from_models(spec, plain), lr=1e-2, weight_decay=0.0, **kwargs)
