@@ -35,6 +35,7 @@ __all__ = [
     "TrainResult",
     "default_device",
     "predict_plain",
+    "torch_threads",
     "train",
     "use_huge_pages",
 ]
@@ -147,11 +148,16 @@ def _loop_threads(step_fn: FusedStep) -> Iterator[None]:
     model-steps/s on report row 10 and 0.7k -> 1.1-1.3k on row 15 without that spinning.
     """
     native = step_fn.native
-    if native is None or len(native.groups) == 1:
+    with torch_threads(1 if native is not None and len(native.groups) > 1 else None):
         yield
-        return
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` (None: left alone) for the block, then restored."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if n is not None:
+        torch.set_num_threads(n)
     try:
         yield
     finally:

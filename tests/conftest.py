@@ -9,13 +9,14 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 import torch
 
 from archsearch.data import FILES, Dataset, load_dataset
+from archsearch.train import torch_threads
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -57,15 +58,9 @@ def write_idx(raw: Path, n_train: int = 64, n_test: int = 32, gz: bool = False, 
         path.write_bytes(gzip.compress(body) if gz else body)
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
+def single_thread() -> AbstractContextManager[None]:
     """torch on one thread, as in a --workers process (and like with like on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return torch_threads(1)
 
 
 @pytest.fixture
