@@ -1,5 +1,5 @@
-"""FusedStep's training step of a ReLU MLP as one C call (``archsearch_mlp_step`` in ``_xsmm.c``), for
-single-threaded CPU workers with libxsmm.
+"""FusedStep's training step of a ReLU MLP in C (``archsearch_mlp_step`` in ``_xsmm.c``) on a CPU with libxsmm: one
+call per step for each group of runs, one group per thread.
 
 Why: once libxsmm computed the products (archsearch.gemm), a report row-10 step of ~5.9 ms on one core spent ~1.5 ms
 between kernels: the Python of the step, torch's dispatch of ~40 small operations (bias, relu and its backward,
@@ -10,7 +10,8 @@ libxsmm kernels. tests/test_cstep.py holds it to autograd's gradients and to tor
 holds the Python step.
 
 The caller (FusedStep) owns every tensor: weights, biases, gradient buffers and AdamW state are passed by address once;
-the step's activations live in a workspace allocated here, sized for the largest batch seen.
+the step's activations (and a streamed layer's block gradient) live in buffers allocated here per group, the
+workspace sized for the largest batch seen.
 """
 
 from __future__ import annotations

@@ -50,9 +50,9 @@ def _available_memory() -> int | None:
 
 def default_workers(device: Any, threads: int | None, trials: int) -> int:
     """``--workers`` when not given. On a CPU, one single-threaded worker per core: the fastest layout measured
-    (benchmarks/bench_trainer.py, report rows 6, 10, 15, 16 on 2 cores: 1.6-2.2x the model-steps/s of one process
-    with 2 threads, where the C kernels of archsearch.gemm, cstep and conv do not apply) — but no more workers than
-    trials, nor than the free memory holds. One process on a GPU (the GPU time-slices between processes: 4 workers
+    (benchmarks/bench_trainer.py, report rows 6, 10, 15, 16 on 2 cores: 1.3-1.7x the model-steps/s of one process
+    with 2 threads, where only the ReLU MLPs' C step spreads over the cores) — but no more workers than trials, nor
+    than the free memory holds. One process on a GPU (the GPU time-slices between processes: 4 workers
     measured 0.94-1.07x of one) and wherever ``--threads`` says how to use the cores."""
     if getattr(device, "type", "cpu") != "cpu" or threads is not None or trials <= 1:
         return 1
