@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ import torch
 from torch import Tensor
 
 from archsearch import native
-from archsearch.errors import UserError
 
 __all__ = ["MAX_KERNEL", "available", "backend", "first_conv", "takes"]
 
@@ -37,17 +35,11 @@ MAX_KERNEL = 16  # the backward keeps a kernel row's partial sums in a fixed arr
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    choice = os.environ.get("ARCHSEARCH_CONV", "auto")
-    if choice not in ("auto", "torch", "native"):
-        raise UserError(f"ARCHSEARCH_CONV must be auto, torch or native, not {choice!r}")
-    if choice == "torch":
+    lib = native.load(
+        "ARCHSEARCH_CONV", "native", lambda: native.build("conv", _SOURCE, flags=["-O3", "-march=native"], link=["-lm"])
+    )
+    if lib is None:
         return None
-    path = native.build("conv", _SOURCE, flags=["-O3", "-march=native"], link=["-lm"])
-    if isinstance(path, str):
-        if choice == "native":
-            raise UserError(f"ARCHSEARCH_CONV=native, but {path}")
-        return None
-    lib = ctypes.CDLL(str(path))
     c_int, c_long, c_ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
     for fn in (lib.archsearch_conv_forward, lib.archsearch_conv_backward):
         fn.argtypes = [c_int] * 8 + [c_ptr, c_long, c_long, c_ptr, c_ptr, c_ptr, c_ptr]

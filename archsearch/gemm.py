@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from archsearch import native
-from archsearch.errors import UserError
 
 __all__ = ["backend", "library", "libxsmm_available", "mm", "torch_mm", "transpose"]
 
@@ -64,18 +63,13 @@ def _build(include: Path, libs: list[Path]) -> Path | str:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    choice = os.environ.get("ARCHSEARCH_GEMM", "auto")
-    if choice not in ("auto", "torch", "libxsmm"):
-        raise UserError(f"ARCHSEARCH_GEMM must be auto, torch or libxsmm, not {choice!r}")
-    if choice == "torch":
+    def make() -> Path | str:
+        found = _find_libxsmm()
+        return _build(*found) if found is not None else "libxsmm (Debian: libxsmm-dev) was not found"
+
+    lib = native.load("ARCHSEARCH_GEMM", "libxsmm", make)
+    if lib is None:
         return None
-    found = _find_libxsmm()
-    path = _build(*found) if found is not None else "libxsmm (Debian: libxsmm-dev) was not found"
-    if isinstance(path, str):  # why not: an error where libxsmm is required, else torch does the products
-        if choice == "libxsmm":
-            raise UserError(f"ARCHSEARCH_GEMM=libxsmm, but {path}")
-        return None
-    lib = ctypes.CDLL(str(path))
     c_int, c_long, c_ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
     lib.archsearch_xsmm_bgemm.argtypes = [c_int, c_int, c_int, c_int]  # batch, M, N, K
     lib.archsearch_xsmm_bgemm.argtypes += [c_ptr, c_long, c_int, c_int, c_ptr, c_long, c_int, c_ptr, c_long, c_int]

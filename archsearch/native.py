@@ -5,20 +5,26 @@ Why compile on the user's machine: no wheel to build per platform, and the kerne
 (``-march=native``: AVX-512 where there is AVX-512). Each shim is built once, with the system's C compiler, into a
 per-user cache (``$ARCHSEARCH_CACHE``, else ``~/.cache/archsearch``), under a name keyed by its source, its flags,
 the files it links and the CPU, so an edit, an upgrade or another machine sharing the cache rebuilds it. No compiler:
-callers fall back to torch and say why where the shim was required.
+callers fall back to torch and say why where the shim was required. Each shim has a setting, ``ARCHSEARCH_<NAME>``:
+``auto`` (the default: the shim where it builds, else torch), ``torch`` (never the shim) or the shim's own name
+(the shim or an error: CI sets it, so that a missing library cannot pass for a slow success).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["build", "cache_dir"]
+from archsearch.errors import UserError
+
+__all__ = ["build", "cache_dir", "load"]
 
 
 def cache_dir() -> Path:
@@ -73,3 +79,19 @@ def build(name: str, source: Path, *, flags: list[str], link: list[str], deps: l
         Path(tmp).unlink(missing_ok=True)
         return f"compiling its shim failed: {err}"
     return target
+
+
+def load(setting: str, required: str, make: Callable[[], Path | str]) -> ctypes.CDLL | None:
+    """The shim that ``make`` builds (its path, or why not), loaded, as the environment variable ``setting`` allows:
+    ``auto``, ``torch`` (None, nothing built) or ``required`` (a shim that cannot be built is a UserError)."""
+    choice = os.environ.get(setting, "auto")
+    if choice not in ("auto", "torch", required):
+        raise UserError(f"{setting} must be auto, torch or {required}, not {choice!r}")
+    if choice == "torch":
+        return None
+    path = make()
+    if isinstance(path, str):  # why not: an error where the shim is required, else torch does the work
+        if choice == required:
+            raise UserError(f"{setting}={required}, but {path}")
+        return None
+    return ctypes.CDLL(str(path))
