@@ -39,7 +39,8 @@ void archsearch_xsmm_btrans(int batch, int rows, int cols, const float *in, long
  * passed in), log-softmax and its backward as torch writes them.
  *
  * Layouts (row-major, per run k): weights w (K, out, in), bias (K, out); activations (K, B, width). A layer with
- * rows[l] > 0 is streamed in blocks of rows[l] output rows: its weight gradient lives in a (K, rows, in) buffer.
+ * rows[l] > 0 is streamed in blocks of rows[l] output rows: each block's weight gradient goes to the start of each
+ * run's (rows, in) slice of a (K, rows, in) buffer.
  * params: per layer w, b, grad_w (whole or block buffer), grad_b, exp_avg_w, exp_avg_sq_w, exp_avg_b, exp_avg_sq_b.
  * --------------------------------------------------------------------------------------------------------------- */
 #include <math.h>
@@ -167,7 +168,7 @@ int archsearch_mlp_step(int K, int L, int Bmax, int B, const int *dims, const in
     const int block = rows[l] > 0 ? rows[l] : out;
     for (int r0 = 0; r0 < out; r0 += block) {
       const int n = out - r0 < block ? out - r0 : block;
-      const long wstride = (long)out * in, gstride = rows[l] > 0 ? (long)n * in : wstride;
+      const long wstride = (long)out * in, gstride = rows[l] > 0 ? (long)rows[l] * in : wstride;
       if (need_dx && archsearch_xsmm_bgemm(K, B, in, n, g + r0, (long)B * out, out, 0, w + (long)r0 * in, wstride, in,
                                            dh, (long)B * in, in, r0 ? 1.0f : 0.0f))
         return -1;

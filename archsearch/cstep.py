@@ -10,8 +10,7 @@ libxsmm kernels. tests/test_cstep.py holds it to autograd's gradients and to tor
 holds the Python step.
 
 The caller (FusedStep) owns every tensor: weights, biases, gradient buffers and AdamW state are passed by address once;
-the step's activations (and a streamed layer's block gradient) live in buffers allocated here per group, the
-workspace sized for the largest batch seen.
+the step's activations live in a workspace allocated here per group of runs, sized for the largest batch seen.
 """
 
 from __future__ import annotations
@@ -35,11 +34,12 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 @dataclass
 class LayerBuffers:
     """One linear layer's tensors, all float32, contiguous, on the CPU. ``rows`` > 0: the layer is streamed in blocks
-    of that many output rows, and its weight gradient lives in block buffers made here (``grad_w`` is then unused)."""
+    of that many output rows, and ``grad_w`` is a (K, rows, in) block buffer, each block's gradient at the start of
+    each run's slice."""
 
     w: Tensor  # (K, out, in)
     b: Tensor  # (K, 1, out)
-    grad_w: Tensor | None  # (K, out, in), unless streamed
+    grad_w: Tensor  # (K, out, in), or the block buffer
     grad_b: Tensor
     exp_avg_w: Tensor
     exp_avg_sq_w: Tensor
@@ -56,26 +56,21 @@ def _split(k: int, groups: int) -> list[tuple[int, int]]:
 
 
 class _Group:
-    """Runs [start, stop): the C side's view of every layer's tensors (addresses of the group's first run), its own
-    block buffers for streamed layers and its own workspace."""
+    """Runs [start, stop): the C side's view of every layer's tensors (the addresses of the group's first run) and the
+    group's own workspace."""
 
     def __init__(self, layers: list[LayerBuffers], start: int, stop: int) -> None:
         self.start, self.k = start, stop - start
-        ptrs: list[int] = []
-        self._keep: list[Tensor] = []
-        for layer in layers:
-            tensors = [layer.w, layer.b, layer.grad_w, layer.grad_b, layer.exp_avg_w, layer.exp_avg_sq_w,
-                       layer.exp_avg_b, layer.exp_avg_sq_b]  # fmt: skip
-            starts = [start] * 8
-            if layer.rows > 0:  # the group's own block buffer, which the C step views as (k, n, in) per block
-                block = torch.empty(self.k, layer.rows * layer.w.shape[2], dtype=torch.float32)
-                self._keep.append(block)
-                tensors[2], starts[2] = block, 0
-            for t, first in zip(tensors, starts, strict=True):
-                assert t is not None
-                ptrs.append(t.data_ptr() + first * (t.numel() // t.shape[0]) * t.element_size())
+        tensors = [t for layer in layers for t in _tensors(layer)]
+        ptrs = [t.data_ptr() + start * (t.numel() // t.shape[0]) * t.element_size() for t in tensors]
         self.params = (ctypes.c_void_p * len(ptrs))(*ptrs)
         self.work: Tensor | None = None
+
+
+def _tensors(layer: LayerBuffers) -> list[Tensor]:
+    """A layer's tensors in the order archsearch_mlp_step takes them."""
+    return [layer.w, layer.b, layer.grad_w, layer.grad_b, layer.exp_avg_w, layer.exp_avg_sq_w, layer.exp_avg_b,
+            layer.exp_avg_sq_b]  # fmt: skip
 
 
 class MLPStep:
@@ -94,8 +89,7 @@ class MLPStep:
             raise RuntimeError("the C step needs libxsmm (archsearch.gemm)")
         self.lib, self.lr, self.weight_decay = lib, lr, weight_decay
         self.k = layers[0].w.shape[0]
-        tensors = [t for layer in layers for t in (layer.w, layer.b, layer.grad_w, layer.grad_b, layer.exp_avg_w,
-                   layer.exp_avg_sq_w, layer.exp_avg_b, layer.exp_avg_sq_b) if t is not None]  # fmt: skip
+        tensors = [t for layer in layers for t in _tensors(layer)]
         if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors):
             raise ValueError("the C step takes contiguous float32 CPU tensors")
         self._tensors = tensors  # the C side holds their addresses: keep them alive

@@ -180,9 +180,13 @@ class FusedStep:
         buffers = []
         for layer in self.layers:
             (m_w, v_w), (m_b, v_b) = self.opt.state(layer.w), self.opt.state(layer.b)
-            rows = 0 if layer.blocks is None else layer.blocks[0].rows.stop - layer.blocks[0].rows.start
+            if layer.blocks is None:
+                assert layer.grad_w is not None
+                grad_w, rows = layer.grad_w, 0
+            else:  # the blocks' gradients are views of one buffer: the first block's is the biggest, at its start
+                grad_w, rows = layer.blocks[0].grad, layer.blocks[0].rows.stop - layer.blocks[0].rows.start
             w, b = layer.w.detach(), layer.b.detach()
-            buffers.append(cstep.LayerBuffers(w, b, layer.grad_w, layer.grad_b, m_w, v_w, m_b, v_b, rows))
+            buffers.append(cstep.LayerBuffers(w, b, grad_w, layer.grad_b, m_w, v_w, m_b, v_b, rows))
         return cstep.MLPStep(buffers, lr=self.opt.lr, weight_decay=self.opt.weight_decay, groups=threads)
 
     def _linear(self, w: Tensor, b: Tensor, stream_bytes: int | None, block_bytes: int) -> _Linear:
