@@ -163,6 +163,11 @@ class FusedStep:
         self._ahead: tuple[Tensor, Tensor] | None = None  # (next x, its first-layer output), computed a step early
         self.native = self._native_step(threads) if use_native else None
 
+    @property
+    def runs_own_threads(self) -> bool:
+        """Whether the step spreads its runs over threads of its own (the C step's groups of runs)."""
+        return self.native is not None and len(self.native.groups) > 1
+
     def _native_fits(self, cpu: bool) -> bool:
         """Whether the C step can run this model: a ReLU MLP in float32 on a CPU, libxsmm there, fused AdamW."""
         model = self.model

@@ -140,19 +140,6 @@ def _on_gpu(device: torch.device) -> Iterator[None]:
 
 
 @contextmanager
-def _loop_threads(step_fn: FusedStep) -> Iterator[None]:
-    """torch on one thread while the C step spreads its runs over the cores itself (archsearch.cstep's groups).
-
-    Why: the loop's few torch operations (the batch gather) would otherwise wake torch's OpenMP threads, which then
-    spin, waiting for more work, on the very cores the groups need: one process on 2 cores measured 0.9k -> 1.4k
-    model-steps/s on report row 10 and 0.7k -> 1.1-1.3k on row 15 without that spinning.
-    """
-    native = step_fn.native
-    with torch_threads(1 if native is not None and len(native.groups) > 1 else None):
-        yield
-
-
-@contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """torch's intra-op threads set to ``n`` (None: left alone) for the block, then restored."""
     before = torch.get_num_threads()
@@ -243,7 +230,10 @@ def train(
                 replayed = graphed.batches.full
             batches = _batches(images, data.train_y, perms, bs, is_mlp, start=replayed * bs)
             upcoming = next(batches, None)
-            with _loop_threads(step_fn):
+            # While the C step spreads its runs over threads of its own, torch keeps to one: the loop's few torch
+            # operations (the batch gather) would wake its OpenMP threads, which then spin on the very cores the runs
+            # need (one process on 2 cores: row 10 0.9k -> 1.4k model-steps/s, row 15 0.7k -> 1.1-1.3k without that).
+            with torch_threads(1 if step_fn.runs_own_threads else None):
                 for i in range(steps):
                     if i < replayed:
                         assert graphed is not None
