@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -37,8 +36,8 @@ from archsearch.models import FusedModel, build_model, init_model, macs_per_samp
 from archsearch.report import report_rows
 from archsearch.spec import IMAGE_SHAPE, NUM_CLASSES, CNNSpec, ConvLayer
 from archsearch.step import AdamW
-from archsearch.train import Protocol, default_device, train, use_huge_pages
-from archsearch.workers import default_workers
+from archsearch.train import Protocol, default_device, torch_threads, train, use_huge_pages
+from archsearch.workers import default_workers, usable_cores
 
 RUNS, EPOCHS, BATCH, TRAIN_SIZE = 5, 50, 32, 60000
 
@@ -186,9 +185,7 @@ def kernel_ceiling(spec: Any, device: torch.device) -> float | None:
     """
     if isinstance(spec, CNNSpec) or device.type != "cpu":
         return None
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         model = FusedModel(spec, RUNS)
         seconds, rows = 0.0, BATCH
         xsmm = gemm.libxsmm_available()
@@ -209,8 +206,6 @@ def kernel_ceiling(spec: Any, device: torch.device) -> float | None:
         opt = AdamW(params, lr=3e-4, weight_decay=1e-3)
         seconds += best_seconds(opt.step, calls=20)
         return RUNS / seconds
-    finally:
-        torch.set_num_threads(threads)
 
 
 class Parser(argparse.ArgumentParser):
@@ -270,7 +265,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     gpu = device.type == "cuda"
     if args.workers is None:  # one GPU time-slices between processes: 4 workers measured 0.94-1.07x of one on an H200
-        args.workers = 1 if gpu else os.cpu_count() or 1
+        args.workers = 1 if gpu else usable_cores()
     ensure_raw_files(default_data_dir())
     data = load_dataset(device=device)
     rows = report_rows()

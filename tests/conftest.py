@@ -63,6 +63,14 @@ def single_thread() -> AbstractContextManager[None]:
     return torch_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """Every test leaves torch's thread count as it found it: a CLI command run in-process applies its ``--threads``,
+    and a later test would otherwise run on one thread (and through the single-threaded kernels) by accident."""
+    with torch_threads(None):
+        yield
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     with single_thread():

@@ -13,6 +13,7 @@ from archsearch import gemm
 from archsearch.models import FusedModel, build_model, init_model
 from archsearch.spec import parse_spec
 from archsearch.step import FusedStep, per_sample_loss
+from archsearch.train import torch_threads
 
 pytestmark = pytest.mark.skipif(not gemm.libxsmm_available(), reason="no libxsmm")
 
@@ -122,26 +123,22 @@ def test_rerun_is_bit_identical() -> None:
 def test_where_the_c_step_runs() -> None:
     """By default for every ReLU MLP on a CPU with libxsmm, its runs in one group per thread; not for other models,
     nor where the caller asks for torch's products."""
-    threads = torch.get_num_threads()
 
     def step(text: str, k: int = 5, **kwargs: Any) -> FusedStep:
         return FusedStep(FusedModel(parse_spec(text), k), lr=1e-3, weight_decay=0.0, **kwargs)
 
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         native = step("mlp:16-relu").native
         assert native is not None and [(g.start, g.k) for g in native.groups] == [(0, 5)]
         assert step("mlp:16-tanh").native is None and step("cnn:4c3-fc-relu").native is None
         assert step("mlp:16-relu", xsmm=False).native is None and step("mlp:16-relu", native=False).native is None
-        torch.set_num_threads(2)
+    with torch_threads(2):
         native = step("mlp:16-relu").native
         assert native is not None and [(g.start, g.k) for g in native.groups] == [(0, 2), (2, 3)]
         native = step("mlp:16-relu", k=1).native
         assert native is not None and len(native.groups) == 1  # no more groups than runs
         with pytest.raises(ValueError, match="ReLU MLP"):
             step("mlp:16-gelu", native=True)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
@@ -154,16 +151,13 @@ def test_a_runs_numbers_do_not_depend_on_the_threads(streamed: bool) -> None:
     gen = torch.Generator().manual_seed(4)
     xs = [torch.rand(5, B, 784, generator=gen) for _ in range(4)]
     ys = [torch.randint(0, 10, (5, B), generator=gen) for _ in range(4)]
-    threads, results = torch.get_num_threads(), []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    results = []
+    for n in (1, 2):
+        with torch_threads(n):
             fused = FusedModel.from_models(spec, plain)
             step = FusedStep(fused, lr=1e-2, weight_decay=1e-3, **(STREAMED if streamed else {}))
             assert step.native is not None and len(step.native.groups) == n
             losses = [step(xs[i], ys[i], xs[i + 1] if i < 3 else None) for i in range(4)]
-            results.append((torch.stack(losses), [p.detach().clone() for p in fused.parameters()]))
-    finally:
-        torch.set_num_threads(threads)
+        results.append((torch.stack(losses), [p.detach().clone() for p in fused.parameters()]))
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(p, q) for p, q in zip(results[0][1], results[1][1], strict=True))

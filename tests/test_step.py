@@ -14,6 +14,7 @@ from archsearch import gemm
 from archsearch.models import FusedModel, build_model, init_model
 from archsearch.spec import ACTIVATIONS, MLPSpec, parse_spec
 from archsearch.step import ACTIVATION_BACKWARD, AdamW, FusedStep, per_sample_loss
+from archsearch.train import torch_threads
 
 K, B = 3, 8
 
@@ -194,14 +195,10 @@ def test_step_gradients_on_gpu_equal_autograd(arch: str, monkeypatch: pytest.Mon
 def test_libxsmm_by_default_only_for_big_layers_of_single_threaded_cpu_steps() -> None:
     """Where it pays (benchmarks/bench_gemm.py): one thread, layers of XSMM_MIN_WEIGHTS weights or more."""
     spec = parse_spec("mlp:512,256,64,256,10-relu")  # report row 15: 784->512, 512->256, then small layers
-    threads = torch.get_num_threads()
-    try:
-        chosen = {}
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    chosen = {}
+    for n in (1, 2):
+        with torch_threads(n):
             step = FusedStep(FusedModel(spec, 2), lr=1e-3, weight_decay=0.0)
-            chosen[n] = [layer.xsmm for layer in step.layers]
-    finally:
-        torch.set_num_threads(threads)
+        chosen[n] = [layer.xsmm for layer in step.layers]
     assert chosen[1] == [True, True, False, False, False, False]
     assert chosen[2] == [False] * 6
