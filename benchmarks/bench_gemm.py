@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from bench_trainer import BATCH, RUNS, Parser, at_least, best_seconds, report_rows_arg  # beside this script
 
-from archsearch import gemm
+from archsearch.engine.native import gemm
 from archsearch.models import FusedModel
-from archsearch.report import report_rows
+from archsearch.study.report import report_rows
 
 
 def products(w: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> dict[str, tuple[Callable[[], object], ...]]:

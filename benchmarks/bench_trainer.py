@@ -30,14 +30,14 @@ from typing import Any, NoReturn
 import torch
 from torch.nn import functional as F
 
-from archsearch import gemm
+from archsearch.core.protocol import Protocol
 from archsearch.data import Dataset, default_data_dir, ensure_raw_files, load_dataset
-from archsearch.models import FusedModel, build_model, init_model, macs_per_sample
-from archsearch.report import report_rows
-from archsearch.spec import IMAGE_SHAPE, NUM_CLASSES, CNNSpec, ConvLayer
-from archsearch.step import AdamW
-from archsearch.train import Protocol, default_device, torch_threads, train, use_huge_pages
-from archsearch.workers import default_workers, usable_cores
+from archsearch.engine import StepPlan, default_device, torch_threads, train, usable_cores, use_huge_pages
+from archsearch.engine.native import gemm
+from archsearch.engine.optim import AdamW
+from archsearch.models import Conv, FusedModel, build_model, init_model, macs_per_sample
+from archsearch.study.report import report_rows
+from archsearch.study.workers import default_workers
 
 RUNS, EPOCHS, BATCH, TRAIN_SIZE = 5, 50, 32, 60000
 
@@ -88,7 +88,12 @@ def plain_steps_per_s(spec: Any, steps: int, device: torch.device) -> float:
 
 
 def fused_timing(
-    spec: Any, steps: int, data: Dataset, full_eval: bool = False, cuda_graphs: bool = True
+    spec: Any,
+    steps: int,
+    data: Dataset,
+    full_eval: bool = False,
+    cuda_graphs: bool = True,
+    plan: StepPlan | None = None,
 ) -> tuple[float, float]:
     """The archsearch trainer with RUNS runs fused, one epoch of ``steps`` batches, on the device ``data`` is on.
 
@@ -106,7 +111,10 @@ def fused_timing(
         marks[done] = time.perf_counter()
 
     sub = Dataset(x[: steps * BATCH], y[: steps * BATCH], evals)
-    result = train(spec, list(range(RUNS)), Protocol(epochs=1), sub, on_step=mark, cuda_graphs=cuda_graphs)
+    result = train(
+        spec, list(range(RUNS)), Protocol(epochs=1), sub, threads=torch.get_num_threads(), on_step=mark,
+        cuda_graphs=cuda_graphs, plan=plan,
+    )  # fmt: skip
     rate = RUNS * (steps - 200) / (marks[steps] - marks[200])
     return rate, result.seconds - RUNS * steps / rate
 
@@ -153,13 +161,12 @@ def workers_steps_per_s(pool: Any, row: int, steps: int, workers: int, device: s
 
 def executed_flops_per_sample(spec: Any) -> int:
     """FLOPs one training sample really costs: 6·MAC minus the first layer's input gradient, which nobody computes."""
-    channels, side, _ = IMAGE_SHAPE
-    if isinstance(spec, CNNSpec):
-        first = next(layer for layer in spec.layers if isinstance(layer, ConvLayer))
-        out = side + 2 * first.padding - first.kernel + 1
-        first_macs = out * out * first.channels * channels * first.kernel**2
+    first = spec.layers[0] if spec.layers else None
+    shape = spec.shapes()[0]
+    if isinstance(first, Conv):
+        first_macs = first.macs(shape)
     else:
-        first_macs = channels * side * side * (spec.hidden[0] if spec.hidden else NUM_CLASSES)
+        first_macs = shape.features * (spec.hidden[0] if spec.hidden else 10)
     return 6 * macs_per_sample(spec) - 2 * first_macs
 
 
@@ -183,7 +190,7 @@ def kernel_ceiling(spec: Any, device: torch.device) -> float | None:
     (archsearch.gemm), else torch's ``baddbmm``/``bmm`` —; then the fused AdamW over all parameters) and adds them up:
     no Python, no activations, no transposes, no data gathering. The trainer cannot beat this on this machine.
     """
-    if isinstance(spec, CNNSpec) or device.type != "cpu":
+    if spec.kind == "cnn" or device.type != "cpu":
         return None
     with torch_threads(1):
         model = FusedModel(spec, RUNS)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import optuna
 
+from archsearch.core.protocol import Protocol
 from archsearch.data import load_dataset
-from archsearch.search import SearchConfig, open_search_study, run_search, search_summary
-from archsearch.spaces import load_space
-from archsearch.spec import parse_spec
-from archsearch.train import Protocol, train
+from archsearch.engine import train
+from archsearch.models import parse_spec
+from archsearch.study.search import SearchConfig, open_search_study, run_search, search_summary
+from archsearch.study.spaces import load_space
 
 # 1. The trainer alone: a spec, seeds (trained fused), a protocol, data tensors -> plain data.
 data = load_dataset()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from archsearch.data import FILES, Dataset, load_dataset
-from archsearch.train import torch_threads
+from archsearch.engine import torch_threads
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -17,13 +17,13 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from archsearch.analysis_report import format_tables, write_analysis
-from archsearch.analyze import analyze_study, depth_effect, pareto_front
-from archsearch.errors import UserError
-from archsearch.objective import spec_attrs
-from archsearch.report import report_rows
-from archsearch.spec import parse_spec
-from archsearch.storage import open_storage
+from archsearch.core.errors import UserError
+from archsearch.models import parse_spec
+from archsearch.results import format_tables, write_analysis
+from archsearch.study.analysis import analyze_study, depth_effect, pareto_front
+from archsearch.study.objective import spec_attrs
+from archsearch.study.report import report_rows
+from archsearch.study.storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

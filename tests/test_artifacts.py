@@ -11,17 +11,18 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from archsearch.artifacts import (
+from archsearch.core.errors import UserError
+from archsearch.core.protocol import Protocol
+from archsearch.data import Dataset
+from archsearch.engine import TrainResult, train
+from archsearch.models import parse_spec
+from archsearch.study.artifacts import (
     WEIGHTS_ATTR,
     artifact_store,
     read_trial_weights,
     save_trial_weights,
 )
-from archsearch.data import Dataset
-from archsearch.errors import UserError
-from archsearch.spec import parse_spec
-from archsearch.storage import artifact_dir, open_storage
-from archsearch.train import Protocol, TrainResult, train
+from archsearch.study.storage import artifact_dir, open_storage
 
 SPEC = "cnn:2c5-p4-fc8-relu"  # tiny but with conv and linear layers: both kinds of fused weights are unfused
 

@@ -123,7 +123,7 @@ def test_bad_native_setting(
     fragment: str,
 ) -> None:
     """Refused before the study exists, even where only the workers would have used libxsmm or the conv kernels."""
-    from archsearch import conv, gemm
+    from archsearch.engine.native import conv, gemm
 
     for key, value in env.items():
         monkeypatch.setenv(key, value.replace("{tmp}", str(workdir)))

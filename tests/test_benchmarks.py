@@ -108,7 +108,7 @@ def test_gpu_checks_script_runs_its_three_stages(tmp_path: Path) -> None:
 
 
 def test_gemm_benchmark_compares_both_backends_on_every_product() -> None:
-    from archsearch import gemm
+    from archsearch.engine.native import gemm
 
     if not gemm.libxsmm_available():
         pytest.skip("no libxsmm")

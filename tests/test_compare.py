@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from archsearch.compare import compare, welch, write_outputs
-from archsearch.errors import UserError
-from archsearch.report import report_rows
+from archsearch.core.errors import UserError
+from archsearch.results import compare, welch, write_outputs
+from archsearch.study.report import report_rows
 
 
 def row(index: int, accs: list[float], **extra: Any) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def test_out_under_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_reported_value_against_the_reproduced_interval() -> None:
-    from archsearch.compare import against_reported
+    from archsearch.results import against_reported
 
     rows = [row(0, [0.846, 0.847, 0.845]), row(6, [0.8784, 0.8786, 0.8780]), row(12, [0.80, 0.81, 0.80]), row(9, [0.9])]
     verdicts = [d["verdict"] for d in against_reported(rows)]

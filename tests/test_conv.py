@@ -1,5 +1,5 @@
-"""archsearch.conv: the first convolution and its max-pooling by C kernels equal torch's, values and gradients, and
-the pooling picks torch's winner among tied maxima."""
+"""archsearch.engine.native.conv: the first convolution and its max-pooling by C kernels equal torch's, values and
+gradients, and the pooling picks torch's winner among tied maxima."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from archsearch import conv
-from archsearch.models import FusedModel, build_model, init_model
-from archsearch.spec import parse_spec
+from archsearch.engine.native import conv
+from archsearch.models import FusedModel, build_model, init_model, parse_spec
 from tests.conftest import python_in_subprocess
 
 needs_kernels = pytest.mark.skipif(not conv.available(), reason="no C compiler")
@@ -39,7 +38,7 @@ def test_values_and_gradients_equal_torch(
     x[:, :, :6] = 0  # blank rows, as around a Fashion-MNIST item: equal conv outputs, ties in the pooling
     w = (torch.randn(runs * filters, 1, kernel, kernel, generator=gen) * 0.2).requires_grad_()
     b = (torch.randn(runs * filters, generator=gen) * 0.1).requires_grad_()
-    assert conv.takes(x, w, pool)
+    assert conv.takes(w, pool)
     out = conv.first_conv(x, w, b, padding, pool)
     w_ref, b_ref = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
     ref = _torch_reference(x, w_ref, b_ref, padding, pool)
@@ -78,46 +77,44 @@ def test_expanded_images_need_no_copy(one_thread: None) -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(9, 1, 28, 28, generator=gen).expand(-1, 4, -1, -1)
     w, b = torch.randn(24, 1, 5, 5, generator=gen), torch.randn(24, generator=gen)
-    assert x.stride(1) == 0 and conv.takes(x, w, 2)
+    assert x.stride(1) == 0 and conv.takes(w, 2)
     with torch.no_grad():
         torch.testing.assert_close(conv.first_conv(x, w, b, 0, 2), _torch_reference(x, w, b, 0, 2))
 
 
 @needs_kernels
-def test_what_the_kernels_do_not_take(one_thread: None) -> None:
-    x, w = torch.rand(2, 3, 28, 28), torch.rand(6, 1, 5, 5)
-    assert conv.takes(x, w, 2) and conv.takes(x, w, 1)
-    assert not conv.takes(x, w, 3)  # other poolings: torch
-    assert not conv.takes(x.double(), w.double(), 2)
-    assert not conv.takes(x.requires_grad_(), w, 2)  # an input gradient is not computed here
-    assert not conv.takes(torch.rand(2, 3, 28, 28).transpose(2, 3), w, 2)  # rows not contiguous
-    assert not conv.takes(torch.rand(2, 3, 28, 28), torch.rand(6, 2, 5, 5), 2)  # not a first layer
-    torch.set_num_threads(2)
-    assert not conv.takes(torch.rand(2, 3, 28, 28), w, 2)  # several threads: oneDNN uses them
+def test_what_the_kernels_do_not_take() -> None:
+    w = torch.rand(6, 1, 5, 5)
+    assert conv.takes(w, 2) and conv.takes(w, 1)
+    assert not conv.takes(w, 3)  # other poolings: torch
+    assert not conv.takes(w.double(), 2)
+    assert not conv.takes(torch.rand(6, 2, 5, 5), 2)  # not a first layer: several input channels per run
+    assert not conv.takes(torch.rand(6, 1, 17, 17), 2)  # kernels above MAX_KERNEL
 
 
 SPECS = [
-    "cnn:6c5-p2-16c5-p2-fc128,64-relu",  # report row 16: conv and pooling fused
-    "cnn:8c3p1-p2-fc32-tanh",  # tanh does not commute with the pooling: conv alone, torch pools after tanh
-    "cnn:4c5-ap2-fc-relu",  # average pooling: conv alone
-    "cnn:4c3-hardtanh",  # no pooling at all
+    ("cnn:6c5-p2-16c5-p2-fc128,64-relu", 2),  # report row 16: conv and pooling fused
+    ("cnn:8c3p1-p2-fc32-tanh", 1),  # tanh does not commute with the pooling: conv alone, torch pools after tanh
+    ("cnn:4c5-ap2-fc-relu", 1),  # average pooling: conv alone
+    ("cnn:4c3-hardtanh", 1),  # no pooling at all
+    ("cnn:4c5p2-p3-fc-relu", 1),  # a 3x3 max pooling: conv alone, relu after torch's pooling
 ]
 
 
 @needs_kernels
-@pytest.mark.parametrize("text", SPECS)
-def test_fused_model_agrees_with_the_torch_path(one_thread: None, text: str) -> None:
-    """The fused model's features and gradients are the same whichever path computes the first layer."""
+@pytest.mark.parametrize(("text", "pool"), SPECS)
+def test_fused_model_agrees_with_the_torch_path(one_thread: None, text: str, pool: int) -> None:
+    """The fused model's output and gradients are the same whichever program computes the first layer."""
     spec = parse_spec(text)
     gen = torch.Generator().manual_seed(2)
     x = torch.rand(6, 3, 28, 28, generator=gen)
     plain = [init_model(build_model(spec), torch.Generator().manual_seed(seed)) for seed in range(3)]
     models = [FusedModel.from_models(spec, plain) for _ in range(2)]
+    program = conv.first_conv_program(models[0])
+    assert program is not None and program[0].pool == pool  # type: ignore[attr-defined]
+    models[0].trunk_program = program
     outs = []
-    for i, model in enumerate(models):
-        if i == 1:
-            torch.set_num_threads(2)  # the torch path
-        assert conv.takes(x, model.conv_weights[0], 1) == (i == 0)
+    for model in models:
         out = model(x)
         out.square().sum().backward()
         outs.append(out)
@@ -127,7 +124,7 @@ def test_fused_model_agrees_with_the_torch_path(one_thread: None, text: str) -> 
 
 
 def _backend_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return python_in_subprocess("from archsearch import conv; print(conv.backend())", env)
+    return python_in_subprocess("from archsearch.engine.native import conv; print(conv.backend())", env)
 
 
 def test_environment_chooses_the_backend(tmp_path: Path) -> None:

@@ -1,19 +1,18 @@
-"""archsearch.cstep: the ReLU MLP's whole step in C computes what the Python step does: autograd's gradients,
-torch.optim.AdamW's updates, the first layer ahead only for the announced batch, the same numbers on a rerun."""
+"""archsearch.engine.steps.cstep: the ReLU MLP's whole step in C computes what the Python step does: autograd's
+gradients, torch.optim.AdamW's updates, the first layer ahead only for the announced batch, the same numbers on a
+rerun."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from archsearch import gemm
-from archsearch.models import FusedModel, build_model, init_model
-from archsearch.spec import parse_spec
-from archsearch.step import FusedStep, per_sample_loss
-from archsearch.train import torch_threads
+from archsearch.engine import torch_threads
+from archsearch.engine.loss import per_sample_loss
+from archsearch.engine.native import gemm
+from archsearch.engine.steps import FusedStep
+from archsearch.models import FusedModel, build_model, init_model, parse_spec
 
 pytestmark = pytest.mark.skipif(not gemm.libxsmm_available(), reason="no libxsmm")
 
@@ -63,7 +62,9 @@ def test_updates_like_torch_adamw_and_the_python_step(streamed: bool) -> None:
     ys = [torch.randint(0, 10, (K, B), generator=gen) for _ in range(3)]
     fused = {native: FusedModel.from_models(spec, plain) for native in (True, False)}
     steps = {
-        native: FusedStep(model, lr=1e-2, weight_decay=1e-2, native=native, xsmm=True, **(STREAMED if streamed else {}))
+        native: FusedStep(
+            model, lr=1e-2, weight_decay=1e-2, native=native, xsmm=True, xsmm_all=True, **(STREAMED if streamed else {})
+        )
         for native, model in fused.items()
     }
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=1e-2) for m in plain]
@@ -93,7 +94,8 @@ def test_first_layer_ahead_only_for_the_announced_batch_and_any_batch_size() -> 
     y1, y2 = (torch.randint(0, 10, (K, B), generator=gen) for _ in range(2))
 
     def run(native: bool, announce: torch.Tensor | None, second: torch.Tensor) -> list[torch.Tensor]:
-        step = FusedStep(FusedModel.from_models(spec, plain), lr=1e-2, weight_decay=0.0, native=native, xsmm=True)
+        model = FusedModel.from_models(spec, plain)
+        step = FusedStep(model, lr=1e-2, weight_decay=0.0, native=native, xsmm=True, xsmm_all=True)
         return [step(x1, y1, announce), step(second, y2, small), step(small, y_small, x1), step(x1, y1)]
 
     reference = run(False, None, x2)
@@ -120,25 +122,12 @@ def test_rerun_is_bit_identical() -> None:
     assert all(torch.equal(p, q) for p, q in zip(results[0][1], results[1][1], strict=True))
 
 
-def test_where_the_c_step_runs() -> None:
-    """By default for every ReLU MLP on a CPU with libxsmm, its runs in one group per thread; not for other models,
-    nor where the caller asks for torch's products."""
-
-    def step(text: str, k: int = 5, **kwargs: Any) -> FusedStep:
-        return FusedStep(FusedModel(parse_spec(text), k), lr=1e-3, weight_decay=0.0, **kwargs)
-
-    with torch_threads(1):
-        native = step("mlp:16-relu").native
-        assert native is not None and [(g.start, g.k) for g in native.groups] == [(0, 5)]
-        assert step("mlp:16-tanh").native is None and step("cnn:4c3-fc-relu").native is None
-        assert step("mlp:16-relu", xsmm=False).native is None and step("mlp:16-relu", native=False).native is None
-    with torch_threads(2):
-        native = step("mlp:16-relu").native
-        assert native is not None and [(g.start, g.k) for g in native.groups] == [(0, 2), (2, 3)]
-        native = step("mlp:16-relu", k=1).native
-        assert native is not None and len(native.groups) == 1  # no more groups than runs
+def test_the_c_step_refuses_what_it_cannot_compute() -> None:
+    for text in ("mlp:16-gelu", "cnn:4c3-fc-relu"):
         with pytest.raises(ValueError, match="ReLU MLP"):
-            step("mlp:16-gelu", native=True)
+            FusedStep(FusedModel(parse_spec(text), 2), lr=1e-3, weight_decay=0.0, native=True)
+    with pytest.raises(ValueError, match="chains of Linear"):  # nor does the Python step around it
+        FusedStep(FusedModel(parse_spec("mlp:16-bn-relu"), 2), lr=1e-3, weight_decay=0.0, native=True)
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
@@ -155,7 +144,7 @@ def test_a_runs_numbers_do_not_depend_on_the_threads(streamed: bool) -> None:
     for n in (1, 2):
         with torch_threads(n):
             fused = FusedModel.from_models(spec, plain)
-            step = FusedStep(fused, lr=1e-2, weight_decay=1e-3, **(STREAMED if streamed else {}))
+            step = FusedStep(fused, lr=1e-2, weight_decay=1e-3, native=True, groups=n, **(STREAMED if streamed else {}))
             assert step.native is not None and len(step.native.groups) == n
             losses = [step(xs[i], ys[i], xs[i + 1] if i < 3 else None) for i in range(4)]
         results.append((torch.stack(losses), [p.detach().clone() for p in fused.parameters()]))

@@ -1,7 +1,7 @@
 """`archsearch dashboard`: optuna-dashboard served for an archsearch storage, checked in a real headless browser.
 
 The dashboard is a React app that fetches its JSON API after the page loads, so the checks wait for rendered text
-rather than reading the HTML. The server runs in a child process (``start_background``), stopped with Ctrl-C.
+rather than reading the HTML. The server runs in a child process (``archsearch dashboard``), stopped with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from archsearch.artifacts import artifact_store
-from archsearch.dashboard import dashboard_url, free_port, serve, start_background
-from archsearch.errors import UserError
+from archsearch.core.errors import UserError
+from archsearch.study.artifacts import artifact_store
+from archsearch.study.dashboard import dashboard_url, serve
+from tests.dashboard_process import free_port, start_background
 from tests.test_analyze import trial_attrs
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -22,19 +22,18 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from archsearch import export as export_mod
-from archsearch.artifacts import artifact_store, save_trial_weights
-from archsearch.checkpoint import CONFIG_FILE, WEIGHTS_FILE, evaluate_checkpoint, load_checkpoint, predict_images
+from archsearch.core.errors import UserError
+from archsearch.core.metrics import predict_plain
 from archsearch.data import CLASSES, Dataset, as_float
-from archsearch.errors import UserError
-from archsearch.export import ParetoChoiceNeeded, export_trial
-from archsearch.models import build_model, init_model
-from archsearch.objective import Hooks, run_trial
-from archsearch.report import report_rows
-from archsearch.reproduce import ReproduceConfig, open_reproduce_study, pending
-from archsearch.spec import parse_spec
-from archsearch.storage import open_storage
-from archsearch.train import predict_plain
+from archsearch.export import CONFIG_FILE, WEIGHTS_FILE, evaluate_checkpoint, load_checkpoint, predict_images
+from archsearch.models import build_model, init_model, parse_spec
+from archsearch.study import export as export_mod
+from archsearch.study.artifacts import artifact_store, save_trial_weights
+from archsearch.study.export import ParetoChoiceNeeded, export_trial
+from archsearch.study.objective import Hooks, run_trial
+from archsearch.study.report import report_rows
+from archsearch.study.reproduce import ReproduceConfig, open_reproduce_study, pending
+from archsearch.study.storage import open_storage
 from tests.conftest import single_thread
 
 SEEDS = [42, 43]
@@ -154,7 +153,7 @@ def test_predict_png_images(exported: Path, fmnist: Dataset, tmp_path: Path) -> 
     Image.fromarray((x[0, 0] * 255).round().to(torch.uint8).numpy(), mode="L").resize((56, 56)).save(big)
     results = predict_images(exported, [*paths, big])
     model, _ = load_checkpoint(exported)
-    expected = predict_plain([model], x[:20])[0]
+    expected = predict_plain([model], x[:20], as_float)[0]
     assert [r["index"] for r in results[:20]] == expected.tolist()  # PNG round trip: exactly the dataset's input
     assert sum(r["class"] == CLASSES[int(label)] for r, label in zip(results, y[:20], strict=False)) >= 15
     for r in results:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from archsearch import gemm
+from archsearch.engine.native import gemm
 from tests.conftest import python_in_subprocess
 
 needs_libxsmm = pytest.mark.skipif(not gemm.libxsmm_available(), reason="no libxsmm")
@@ -64,7 +64,7 @@ def test_other_inputs_fall_back_to_torch() -> None:
 
 
 def _backend_in_subprocess(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return python_in_subprocess("from archsearch import gemm; print(gemm.backend())", env)
+    return python_in_subprocess("from archsearch.engine.native import gemm; print(gemm.backend())", env)
 
 
 def test_environment_chooses_the_backend(tmp_path: Path) -> None:

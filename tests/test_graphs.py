@@ -8,19 +8,21 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from archsearch.core.protocol import Protocol
 from archsearch.data import Dataset, as_float
-from archsearch.graphs import DeviceBatches, gather_batch
-from archsearch.spec import parse_spec
-from archsearch.train import Protocol, train
+from archsearch.engine import train
+from archsearch.engine.steps.graphs import DeviceBatches, gather_batch
+from archsearch.models import parse_spec
 
 
 @pytest.mark.parametrize("is_mlp", [True, False], ids=["mlp", "cnn"])
 def test_device_batches_are_the_sliced_batches(is_mlp: bool) -> None:
     gen = torch.Generator().manual_seed(0)
     n, k, bs = 100, 3, 8
-    images = torch.randint(0, 256, (n, 784) if is_mlp else (n, 28, 28), generator=gen, dtype=torch.uint8)
+    images = torch.randint(0, 256, (n, 1, 28, 28), generator=gen, dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,), generator=gen)
-    batches = DeviceBatches(images, labels, k, bs, is_mlp)
+    layout = "features" if is_mlp else "image"
+    batches = DeviceBatches(images, labels, k, bs, layout)
     assert batches.full == 12  # 100 = 12 * 8 + 4: the last, smaller batch is left to the caller
     for _ in range(2):  # the second epoch starts again from the first batch, in the new orders
         perms = torch.stack([torch.randperm(n, generator=gen) for _ in range(k)])
@@ -29,10 +31,10 @@ def test_device_batches_are_the_sliced_batches(is_mlp: bool) -> None:
             x, y = batches.next()
             rows = perms[:, t * bs : (t + 1) * bs]
             assert torch.equal(y, labels[rows])
-            expected = as_float(images[rows]) if is_mlp else as_float(images[rows.t()])
+            expected = as_float(images[rows]).flatten(2) if is_mlp else as_float(images[rows.t()]).squeeze(2)
             assert x.shape == ((k, bs, 784) if is_mlp else (bs, k, 28, 28))
             assert torch.equal(x, expected)
-            assert torch.equal(gather_batch(images, labels, rows, is_mlp)[0], expected)
+            assert torch.equal(gather_batch(images, labels, rows, layout)[0], expected)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from archsearch.metrics import classification_metrics
+from archsearch.core.metrics import classification_metrics
 
 
 def test_macro_metrics_by_hand() -> None:

@@ -31,7 +31,7 @@ def test_installed_package_finds_its_studies(wheel: Path, tmp_path: Path) -> Non
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)  # a non-editable install, minus the metadata pip would add
     probe = (
-        "from archsearch.resources import studies_dir; from archsearch.report import report_rows; "
+        "from archsearch.core.resources import studies_dir; from archsearch.study.report import report_rows; "
         "print(studies_dir()); print(len(report_rows()))"
     )
     env = {"PYTHONPATH": str(target)}

@@ -18,7 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from archsearch.data import Dataset
-from archsearch.reproduce import ReproduceConfig, open_reproduce_study, run_reproduce
+from archsearch.study.reproduce import ReproduceConfig, open_reproduce_study, run_reproduce
 
 
 def cli(cwd: Path, *args: str) -> subprocess.Popen[str]:

@@ -10,8 +10,8 @@ from optuna.trial import TrialState
 
 from archsearch.cli import main
 from archsearch.data import Dataset
-from archsearch.search import SearchConfig, open_search_study, run_search, search_summary
-from archsearch.spaces import load_space
+from archsearch.study.search import SearchConfig, open_search_study, run_search, search_summary
+from archsearch.study.spaces import load_space
 
 
 def tiny_space(tmp_path: Path) -> Path:

@@ -9,14 +9,18 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from archsearch import conv as conv_kernels
-from archsearch import gemm
-from archsearch.models import FusedModel, build_model, init_model
-from archsearch.spec import ACTIVATIONS, MLPSpec, parse_spec
-from archsearch.step import ACTIVATION_BACKWARD, AdamW, FusedStep, per_sample_loss
-from archsearch.train import torch_threads
+from archsearch.engine.loss import per_sample_loss
+from archsearch.engine.native import gemm
+from archsearch.engine.optim import AdamW
+from archsearch.engine.steps import ACTIVATION_BACKWARD, FusedStep
+from archsearch.models import ACTIVATIONS, FusedModel, build_model, init_model, parse_spec
+from archsearch.models.units import FusedConv
 
 K, B = 3, 8
+
+
+def _fused_convs(model: FusedModel) -> list[FusedConv]:
+    return [u for u in model.trunk if isinstance(u, FusedConv)]
 
 
 def test_every_activation_has_a_backward() -> None:
@@ -54,17 +58,15 @@ def test_step_gradients_equal_autograd_on_plain_models(
     y = torch.randint(0, 10, (K, B), generator=gen)
     fused = FusedModel.from_models(spec, plain)
     step = FusedStep(
-        fused, lr=0.0, weight_decay=0.0, loss=loss, xsmm=xsmm, native=False, **(STREAMED if streamed else {})
+        fused, lr=0.0, weight_decay=0.0, loss=loss, xsmm=xsmm, xsmm_all=xsmm, **(STREAMED if streamed else {})
     )
     assert (step.layers[0].blocks is not None) == streamed and step.xsmm == xsmm
-    inp = x.reshape(K, B, 784) if isinstance(spec, MLPSpec) else x.squeeze(2).transpose(0, 1)
+    inp = x.reshape(K, B, 784) if spec.kind == "mlp" else x.squeeze(2).transpose(0, 1)
     run_loss = step(inp, y)
     grads = {p: step.opt.state(p)[0] / 0.1 for p in fused.parameters()}
-    # libxsmm sums the products in another order than MKL (autograd's), and on one thread archsearch.conv's first
-    # convolution sums in another order than oneDNN: where a gradient entry is a sum of terms that nearly cancel, the
-    # two differ by a few float32 roundings of the terms' scale (~1e-7 here), not of the result.
-    other_order = xsmm or (fused.is_cnn and torch.get_num_threads() == 1 and conv_kernels.available())
-    tol = {"rtol": 1e-5, "atol": 5e-7 if other_order else 1e-7}
+    # libxsmm sums the products in another order than MKL (autograd's): where a gradient entry is a sum of terms that
+    # nearly cancel, the two differ by a few float32 roundings of the terms' scale (~1e-7 here), not of the result.
+    tol = {"rtol": 1e-5, "atol": 5e-7 if xsmm else 1e-7}
     for k, model in enumerate(plain):
         logp = torch.log_softmax(model(x[k]), dim=-1)
         ref_loss = per_sample_loss(logp, y[k], loss).mean()
@@ -72,7 +74,8 @@ def test_step_gradients_equal_autograd_on_plain_models(
         torch.testing.assert_close(run_loss[k], ref_loss.detach(), rtol=1e-6, atol=1e-7)
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        for conv, w, b in zip(convs, fused.conv_weights, fused.conv_biases, strict=True):
+        for conv, unit in zip(convs, _fused_convs(fused), strict=True):
+            w, b = unit.weight, unit.bias
             n = conv.out_channels
             torch.testing.assert_close(grads[w][k * n : (k + 1) * n], conv.weight.grad, **tol)
             torch.testing.assert_close(grads[b][k * n : (k + 1) * n], conv.bias.grad, **tol)
@@ -98,7 +101,7 @@ def test_step_updates_like_torch_adamw(arch: str, mode: str, xsmm: bool, monkeyp
     plain = [init_model(build_model(spec), torch.Generator().manual_seed(s)) for s in range(K)]
     fused = FusedModel.from_models(spec, plain)
     step = FusedStep(
-        fused, lr=1e-2, weight_decay=1e-2, xsmm=xsmm, native=False, **(STREAMED if mode != "whole" else {})
+        fused, lr=1e-2, weight_decay=1e-2, xsmm=xsmm, xsmm_all=xsmm, **(STREAMED if mode != "whole" else {})
     )
     assert (step.opt.fallback is not None) == (mode == "no-fused-kernel")
     assert (step.layers[0].blocks is not None) == (mode == "streamed")
@@ -107,9 +110,7 @@ def test_step_updates_like_torch_adamw(arch: str, mode: str, xsmm: bool, monkeyp
     batches = [
         (torch.rand(K, B, 1, 28, 28, generator=gen), torch.randint(0, 10, (K, B), generator=gen)) for _ in range(3)
     ]
-    fused_input = [
-        x.reshape(K, B, 784) if isinstance(spec, MLPSpec) else x.squeeze(2).transpose(0, 1) for x, _ in batches
-    ]
+    fused_input = [x.reshape(K, B, 784) if spec.kind == "mlp" else x.squeeze(2).transpose(0, 1) for x, _ in batches]
     for i, (x, y) in enumerate(batches):
         # the next batch announced, as the trainer does: an MLP computes its first layer for it a step early
         step(fused_input[i], y, fused_input[i + 1] if i + 1 < len(batches) else None)
@@ -135,7 +136,7 @@ def test_first_layer_computed_ahead_is_used_only_for_the_announced_batch(streame
     gen = torch.Generator().manual_seed(2)
     x1, x2, other = (torch.rand(K, B, 784, generator=gen) for _ in range(3))
     y1, y2 = (torch.randint(0, 10, (K, B), generator=gen) for _ in range(2))
-    kwargs: dict[str, Any] = {"xsmm": xsmm, "native": False, **(STREAMED if streamed else {})}
+    kwargs: dict[str, Any] = {"xsmm": xsmm, "xsmm_all": xsmm, **(STREAMED if streamed else {})}
 
     def two_steps(announce: torch.Tensor | None, second: torch.Tensor) -> Tensor:
         step = FusedStep(FusedModel.from_models(spec, plain), lr=1e-2, weight_decay=0.0, **kwargs)
@@ -176,29 +177,16 @@ def test_step_gradients_on_gpu_equal_autograd(arch: str, monkeypatch: pytest.Mon
     y = torch.randint(0, 10, (k, b), generator=gen).cuda()
     fused = FusedModel.from_models(spec, plain).cuda()
     step = FusedStep(fused, lr=0.0, weight_decay=0.0)
-    run_loss = step(x.reshape(k, b, 784) if isinstance(spec, MLPSpec) else x.squeeze(2).transpose(0, 1), y)
+    run_loss = step(x.reshape(k, b, 784) if spec.kind == "mlp" else x.squeeze(2).transpose(0, 1), y)
     for r, model in enumerate(plain):
         ref = per_sample_loss(torch.log_softmax(model(x[r]), dim=-1), y[r], "ce").mean()
         ref.backward()
         torch.testing.assert_close(run_loss[r], ref.detach(), rtol=1e-5, atol=1e-6)
         grads = {p: step.opt.state(p)[0] / 0.1 for p in fused.parameters()}  # see the CPU test above
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-        for conv, w in zip(convs, fused.conv_weights, strict=True):
+        for conv, w in zip(convs, [u.weight for u in _fused_convs(fused)], strict=True):
             n = conv.out_channels
             torch.testing.assert_close(grads[w][r * n : (r + 1) * n], conv.weight.grad, rtol=1e-4, atol=1e-6)
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         for lin, w in zip(linears, fused.fc_weights, strict=True):
             torch.testing.assert_close(grads[w][r], lin.weight.grad, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.skipif(not gemm.libxsmm_available(), reason="no libxsmm")
-def test_libxsmm_by_default_only_for_big_layers_of_single_threaded_cpu_steps() -> None:
-    """Where it pays (benchmarks/bench_gemm.py): one thread, layers of XSMM_MIN_WEIGHTS weights or more."""
-    spec = parse_spec("mlp:512,256,64,256,10-relu")  # report row 15: 784->512, 512->256, then small layers
-    chosen = {}
-    for n in (1, 2):
-        with torch_threads(n):
-            step = FusedStep(FusedModel(spec, 2), lr=1e-3, weight_decay=0.0)
-        chosen[n] = [layer.xsmm for layer in step.layers]
-    assert chosen[1] == [True, True, False, False, False, False]
-    assert chosen[2] == [False] * 6

@@ -8,8 +8,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from archsearch.errors import UserError
-from archsearch.storage import OWNER_ATTR, artifact_dir, fail_dead_trials, open_storage, storage_label
+from archsearch.core.errors import UserError
+from archsearch.study.storage import OWNER_ATTR, artifact_dir, fail_dead_trials, open_storage, storage_label
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from archsearch.core.metrics import classification_metrics, predict_plain
+from archsearch.core.protocol import Protocol
+from archsearch.core.shapes import FASHION_MNIST_SHAPE
 from archsearch.data import Dataset, as_float
-from archsearch.metrics import classification_metrics
-from archsearch.models import FusedModel, build_model, init_model
-from archsearch.report import report_rows
-from archsearch.spec import parse_spec
-from archsearch.step import FusedStep
-from archsearch.train import EpochReport, Protocol, predict_plain, train
+from archsearch.engine import EpochReport, select_step, train
+from archsearch.engine.steps import FusedStep, build_step
+from archsearch.models import FusedModel, build_model, init_model, parse_spec
+from archsearch.study.report import report_rows
 
 
 def plain_loop(spec: str, seed: int, protocol: Protocol, data: Dataset) -> tuple[list[float], torch.nn.Module]:
@@ -36,17 +37,20 @@ def plain_loop(spec: str, seed: int, protocol: Protocol, data: Dataset) -> tuple
     return losses, model
 
 
-def streams_first_layer(spec: str, k: int) -> bool:
-    """Whether FusedStep processes the first layer in blocks for K = k (only when single-threaded: ``one_thread``)."""
-    return FusedStep(FusedModel(parse_spec(spec), k), lr=0.0, weight_decay=0.0).layers[0].blocks is not None
+def streams_first_layer(spec: str, k: int, threads: int) -> bool:
+    """Whether the step chosen for K = k runs on ``threads`` threads processes the first layer in blocks."""
+    parsed = parse_spec(spec)
+    plan = select_step(parsed, Protocol(), device="cpu", threads=threads, shape=FASHION_MNIST_SHAPE)
+    step = build_step(plan, FusedModel(parsed, k), Protocol())
+    return isinstance(step, FusedStep) and step.layers[0].blocks is not None
 
 
 # mlp:256,32 with 3 runs has a first layer big enough to be streamed, so both ways of stepping are compared.
 @pytest.mark.parametrize("spec", ["mlp:64,32-tanh", "mlp:256,32-relu", "cnn:4c5-p2-8c3-p2-fc32"])
-def test_fused_run_equals_run_trained_alone(spec: str, small_real: Dataset, one_thread: None) -> None:
-    assert streams_first_layer(spec, 3) == spec.startswith("mlp:256")
+def test_fused_run_equals_run_trained_alone(spec: str, small_real: Dataset) -> None:
+    assert streams_first_layer(spec, 3, threads=1) == spec.startswith("mlp:256")
     protocol = Protocol(epochs=3)  # 300 steps of 32
-    fused = train(parse_spec(spec), [7, 8, 9], protocol, small_real, record_steps=True)
+    fused = train(parse_spec(spec), [7, 8, 9], protocol, small_real, threads=1, record_steps=True)
     alone_losses, alone_model = plain_loop(spec, 8, protocol, small_real)
     fused_losses = fused.runs[1].step_losses
     assert fused_losses is not None and len(fused_losses) == len(alone_losses) == 300
@@ -70,11 +74,11 @@ def test_seed_result_does_not_depend_on_group(small_real: Dataset) -> None:
 
 
 @pytest.mark.parametrize("arch", ["cnn:4c5-p2-fc16", "mlp:400-relu"])
-def test_same_seed_is_bit_identical(arch: str, small_real: Dataset, one_thread: None) -> None:
-    assert streams_first_layer(arch, 2) == arch.startswith("mlp")
+def test_same_seed_is_bit_identical(arch: str, small_real: Dataset) -> None:
+    assert streams_first_layer(arch, 2, threads=1) == arch.startswith("mlp")
     spec, protocol = parse_spec(arch), Protocol(epochs=1)
-    a = train(spec, [42, 43], protocol, small_real, record_steps=True)
-    b = train(spec, [42, 43], protocol, small_real, record_steps=True)
+    a = train(spec, [42, 43], protocol, small_real, threads=1, record_steps=True)
+    b = train(spec, [42, 43], protocol, small_real, threads=1, record_steps=True)
     assert [r.step_losses for r in a.runs] == [r.step_losses for r in b.runs]
     assert [r.metrics for r in a.runs] == [r.metrics for r in b.runs]
     assert a.runs[0].step_losses != a.runs[1].step_losses  # different seeds really differ
@@ -130,7 +134,7 @@ def test_report_model_0_one_epoch_on_real_data(fmnist: Dataset) -> None:
 
 
 def test_one_diverging_run_does_not_spoil_the_others(small_real: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
-    import archsearch.train as train_module
+    import archsearch.engine.loop as train_module
 
     spec, protocol = parse_spec("mlp:32"), Protocol(epochs=1)
     alone = train(spec, [5], protocol, small_real, record_steps=True)
@@ -160,7 +164,7 @@ THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 @pytest.mark.parametrize("env", [None, "0"])
 def test_big_tensors_get_huge_pages_unless_the_environment_says_no(env: str | None) -> None:
     code = (
-        "from archsearch.train import use_huge_pages\n"
+        "from archsearch.engine import use_huge_pages\n"
         "use_huge_pages()\n"
         "import torch\n"
         "x = torch.zeros(16 << 20); x += 1\n"  # 64 MB, touched
@@ -197,5 +201,5 @@ def test_recorded_metrics_are_the_plain_models_on_the_cpu(device: str, small_rea
     assert result.model is not None
     x, y = small_real.evals["test"]
     for r, run in enumerate(result.runs):
-        (preds,) = predict_plain([result.model.unfuse(r).eval()], x)
+        (preds,) = predict_plain([result.model.unfuse(r).eval()], x, as_float)
         assert run.metrics["test"] == classification_metrics(preds, y)

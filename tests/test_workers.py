@@ -133,9 +133,9 @@ def test_killed_search_resumes_and_retries_the_interrupted_trial(tmp_path: Path)
 
 
 def test_worker_can_be_limited_to_some_rows(tmp_path: Path) -> None:
-    from archsearch.reproduce import ReproduceConfig, open_reproduce_study
-    from archsearch.storage import open_storage
-    from archsearch.workers import run_worker
+    from archsearch.study.reproduce import ReproduceConfig, open_reproduce_study
+    from archsearch.study.storage import open_storage
+    from archsearch.study.workers import run_worker
 
     url = f"sqlite:///{tmp_path}/w.db"
     open_reproduce_study(open_storage(url), "w", ReproduceConfig(indexes=(0, 12), runs=1, epochs=1))
@@ -148,11 +148,11 @@ def test_worker_can_be_limited_to_some_rows(tmp_path: Path) -> None:
 
 def test_worker_models_only_for_reproduce_studies(tmp_path: Path) -> None:
     """--models names report rows: on a search study it is refused before any data is loaded or trial claimed."""
-    from archsearch.errors import UserError
-    from archsearch.search import SearchConfig, open_search_study
-    from archsearch.spaces import load_space
-    from archsearch.storage import open_storage
-    from archsearch.workers import run_worker
+    from archsearch.core.errors import UserError
+    from archsearch.study.search import SearchConfig, open_search_study
+    from archsearch.study.spaces import load_space
+    from archsearch.study.storage import open_storage
+    from archsearch.study.workers import run_worker
 
     url = f"sqlite:///{tmp_path}/s.db"
     open_search_study(open_storage(url), "s", load_space("mlp"), SearchConfig(space="mlp", n_trials=1, epochs=1))
@@ -167,8 +167,8 @@ def _exiting(code: int) -> subprocess.Popen[bytes]:
 
 def test_a_worker_failure_is_reported_even_when_every_worker_has_ended() -> None:
     """Workers that die before the coordinator looks (a bad setting, say) must not pass for a finished job."""
-    from archsearch.errors import UserError
-    from archsearch.workers import wait_workers
+    from archsearch.core.errors import UserError
+    from archsearch.study.workers import wait_workers
 
     procs = [_exiting(0), _exiting(2)]
     for p in procs:
@@ -183,7 +183,7 @@ def test_a_worker_failure_is_reported_even_when_every_worker_has_ended() -> None
 def test_default_workers_one_per_core_on_a_cpu_within_trials_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from archsearch import workers
+    from archsearch.study import workers
 
     monkeypatch.setattr(workers, "usable_cores", lambda: 8)
     monkeypatch.setattr(workers, "_available_memory", lambda: 20 * workers.WORKER_BYTES)
@@ -201,7 +201,7 @@ def test_default_workers_one_per_core_on_a_cpu_within_trials_and_memory(monkeypa
 
 
 def test_usable_cores_and_free_memory_are_read_from_this_machine() -> None:
-    from archsearch import workers
+    from archsearch.study import workers
 
     assert 1 <= workers.usable_cores() <= (os.cpu_count() or 1)
     free = workers._available_memory()

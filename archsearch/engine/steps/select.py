@@ -1,0 +1,157 @@
+"""select_step: the one place where the path a training step takes is chosen.
+
+Every spec trains through the general autograd step. The hand-written steps are accelerators, taken only where they
+apply, and they must compute the same numbers to float rounding (tests/test_parity.py holds each to autograd):
+
+* ``c`` — a ReLU MLP's whole step as one C call per group of runs (cstep.py), on a CPU with libxsmm: one group per
+  thread, so one process uses every core it is given with the single-threaded libxsmm kernels;
+* ``python`` — the hand-written backward of the fully connected head (handwritten.py): chains of Linear, conv,
+  pooling and one activation, with AdamW; on one CPU thread with libxsmm's products for big layers and wide layers
+  streamed in blocks;
+* ``cconv`` — a CNN's first convolution (and the 2x2 max pooling right after it) through C kernels
+  (archsearch.engine.native.conv), on one CPU thread; with the python step or with autograd;
+* ``graphs`` — on a GPU, the whole step captured once as a CUDA graph and replayed (graphs.py), wherever nothing in
+  the step needs the host (no dropout or augmentation drawn on the CPU, a constant learning rate).
+
+The choice depends on what is passed in — spec, protocol, device, thread count — never on ambient state (torch's
+current thread count, say), so a run's numbers follow from its arguments. Which layer kinds each accelerated step
+supports is written on the kinds themselves (``Layer.accelerated`` in the layer registry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from archsearch.core.protocol import Protocol
+from archsearch.core.shapes import Shape
+from archsearch.engine.native import conv, gemm
+from archsearch.engine.steps.handwritten import STREAM_BYTES
+from archsearch.models import Conv, Spec
+
+__all__ = ["StepPlan", "select_step"]
+
+StepKind = Literal["autograd", "python", "c"]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What trains: ``step`` and the accelerators it uses. ``name`` is what trials and ``train --json`` record."""
+
+    step: StepKind = "autograd"
+    first_conv: Literal["torch", "native"] = "torch"
+    xsmm: bool = False  # python step: big layers' products through libxsmm
+    stream_bytes: int | None = None  # python and c steps: stream layers of at least this many weight bytes
+    groups: int = 1  # c step: groups of runs, one per thread
+    graphs: bool = False  # CUDA graph replay
+    why_not: tuple[str, ...] = field(default=(), compare=False)  # why faster paths were not taken, for `doctor`
+
+    @property
+    def name(self) -> str:
+        parts: list[str] = [self.step]
+        if self.first_conv == "native":
+            parts.append("cconv")
+        if self.graphs:
+            parts.append("graphs")
+        return "+".join(parts)
+
+
+def _unsupported(spec: Spec, step: str) -> list[str]:
+    from archsearch.models import LAYERS
+
+    return sorted(kind for kind in spec.kinds if step not in LAYERS[kind].accelerated)
+
+
+def _hand_written_recipe(protocol: Protocol) -> str | None:
+    """Why the hand-written steps cannot train with ``protocol`` (they implement AdamW and the plain loss)."""
+    if protocol.optimizer != "adamw":
+        return f"optimizer {protocol.optimizer}"
+    if protocol.label_smoothing:
+        return "label smoothing"
+    return None
+
+
+def _c_step(spec: Spec, protocol: Protocol, cpu: bool) -> str | None:
+    """Why the C step cannot take this run, or None."""
+    if spec.kind != "mlp":
+        return "the C step takes MLPs"
+    if bad := _unsupported(spec, "c"):
+        return f"the C step takes fully connected layers only, not {', '.join(bad)}"
+    if spec.normed:
+        return "the C step has no BatchNorm"
+    if spec.activation != "relu":
+        return f"the C step is written for relu, not {spec.activation}"
+    if not cpu:
+        return "the C step runs on a CPU"
+    if (why := _hand_written_recipe(protocol)) is not None:
+        return f"the C step does not implement {why}"
+    if not gemm.libxsmm_available():
+        return "the C step needs libxsmm (Debian: libxsmm-dev) and a C compiler"
+    return None
+
+
+def _python_step(spec: Spec, protocol: Protocol, device: torch.device) -> str | None:
+    if bad := _unsupported(spec, "python"):
+        return f"the hand-written step knows conv, pool and fc layers, not {', '.join(bad)}"
+    if spec.normed:
+        return "the hand-written step has no BatchNorm"
+    if (why := _hand_written_recipe(protocol)) is not None:
+        return f"the hand-written step does not implement {why}"
+    if device.type not in ("cpu", "cuda") or not hasattr(torch, "_fused_adamw_"):
+        return "the hand-written step needs torch's fused AdamW (CPU or CUDA)"
+    return None
+
+
+def _native_conv(spec: Spec, shape: Shape, cpu: bool, threads: int) -> str | None:
+    first = spec.trunk[0] if spec.trunk else None
+    if type(first) is not Conv or first.norm or first.stride != 1 or shape.channels != 1:
+        return "the C conv takes a first conv of one input channel, stride 1, no BatchNorm"
+    if first.kernel > conv.MAX_KERNEL:
+        return f"the C conv takes kernels up to {conv.MAX_KERNEL}"
+    if not cpu or threads != 1:
+        return "the C conv runs in single-threaded CPU processes (--workers)"
+    if not conv.available():
+        return "the C conv needs a C compiler"
+    return None
+
+
+def select_step(
+    spec: Spec,
+    protocol: Protocol,
+    *,
+    device: torch.device | str,
+    threads: int,
+    shape: Shape,
+    cuda_graphs: bool = True,
+) -> StepPlan:
+    """The fastest step that computes ``spec`` under ``protocol`` on ``device`` with ``threads`` CPU threads."""
+    device = torch.device(device)
+    cpu, one = device.type == "cpu", threads == 1
+    why: list[str] = []
+    graphs = False
+    if device.type == "cuda" and cuda_graphs:
+        stochastic = "dropout" in spec.kinds or protocol.augment.active
+        changing_lr = protocol.schedule != "constant" or protocol.warmup_epochs > 0
+        graphs = not stochastic and not changing_lr
+        if not graphs:
+            why.append("CUDA graphs: " + ("dropout or augmentation draws on the host" if stochastic else "lr changes"))
+    if (no_c := _c_step(spec, protocol, cpu)) is None:
+        # Streaming pays in the C step, whose groups of runs each run on one thread (see handwritten.py).
+        return StepPlan("c", xsmm=True, stream_bytes=STREAM_BYTES, groups=threads, why_not=tuple(why))
+    why.append(no_c)
+    first_conv: Literal["torch", "native"] = "torch"
+    if spec.kind == "cnn":
+        if (no_conv := _native_conv(spec, shape, cpu, threads)) is None:
+            first_conv = "native"
+        else:
+            why.append(no_conv)
+    if (no_python := _python_step(spec, protocol, device)) is None:
+        # libxsmm's kernels are single-threaded, and streaming pays on one thread only: on more, each block's small
+        # kernels split badly (row 15: 0.7x at 2 threads), and a GPU would only see more, smaller kernel launches.
+        xsmm = cpu and one and gemm.libxsmm_available()
+        stream = STREAM_BYTES if cpu and one else None
+        return StepPlan("python", first_conv, xsmm, stream, graphs=graphs, why_not=tuple(why))
+    why.append(no_python)
+    return StepPlan("autograd", first_conv, graphs=graphs, why_not=tuple(why))

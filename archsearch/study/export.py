@@ -1,0 +1,354 @@
+"""Export one trained run from a study as a checkpoint that loads without Optuna (see :mod:`archsearch.export`).
+
+A checkpoint is a directory with two files, written atomically (a temporary directory renamed into place, so a
+failed export leaves nothing half-written):
+
+* ``model.safetensors``: the plain ``nn.Sequential`` state dict of one run, keys exactly those of
+  ``archsearch.models.build_model(spec).state_dict()``;
+* ``config.json``: everything needed to rebuild and trust it: the spec, the seed, the training protocol, the input
+  convention, class names, the metrics the study recorded for that seed, where it came from and library versions.
+
+Which run? A trial trains one architecture once per seed and keeps every run's weights (see
+:mod:`archsearch.artifacts`). ``export`` takes the seed it is given, else **the best run on the monitored split**:
+the validation split for searches, the test split for ``reproduce`` (which, like the report, has no validation
+set; that choice is then biased upwards by picking the best of N on the test set, and ``config.json`` says so under
+``selection``). The median run would be the less biased pick; the best one is what a user exporting "the model"
+expects, so that is the default and the rule is written down with the checkpoint.
+
+Loading never unpickles: weights are read with ``safetensors.torch.load_file`` only, after checking that the file
+really is safetensors, and every key and shape is checked against the spec before anything is loaded. ``torch.load``
+of an untrusted file can run arbitrary code; a checkpoint directory is exactly the kind of file people pass around.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from archsearch import __version__
+from archsearch.core.errors import UserError
+from archsearch.data import FASHION_MNIST
+from archsearch.export.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, check_state_dict
+from archsearch.models import build_model, count_params, parse_spec
+from archsearch.study.artifacts import WEIGHTS_ATTR, artifact_store, read_trial_weights
+from archsearch.study.storage import DEFAULT_STORAGE, artifact_dir, load_existing_study, storage_label
+
+__all__ = ["FORMATS", "ParetoChoiceNeeded", "export_trial"]
+
+FORMATS = ("torchscript", "onnx")
+_FORMAT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+
+INPUT_DESCRIPTION: dict[str, Any] = {
+    "shape": [FASHION_MNIST.shape.channels, FASHION_MNIST.shape.height, FASHION_MNIST.shape.width],
+    "layout": "NCHW: a batch of (1, 28, 28) images; MLPs flatten it themselves",
+    "dtype": "float32",
+    "color": "grayscale, one channel",
+    "scaling": "uint8 pixel / 255, so values in [0, 1]",
+    "normalisation": "none (no mean/std)",
+    "convention": "Fashion-MNIST: a light object on a black (0) background, centred, 28x28",
+}
+OUTPUT_DESCRIPTION = "logits (N, 10) in the order of `classes`; softmax gives probabilities"
+
+
+class ParetoChoiceNeeded(UserError):
+    """A multi-objective study has no single best trial: the user must choose one on the Pareto ``front``."""
+
+    def __init__(self, study_name: str, front: list[dict[str, Any]]) -> None:
+        self.study_name = study_name
+        self.front = front
+        listing = "; ".join(
+            f"{t['number']} ({', '.join(_fmt_value(v) for v in t['values'])}; {t['spec']})" for t in front
+        )
+        super().__init__(
+            f"study {study_name!r} has several objectives, so there is no single best trial; choose one of its "
+            f"Pareto front with --trial: {listing or 'none (no complete trial)'}"
+        )
+
+
+def _fmt_value(value: float) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# export
+
+
+def export_trial(
+    storage_url: str | None,
+    study_name: str,
+    out_dir: Path,
+    trial_number: int | None,
+    seed: int | None = None,
+    formats: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Export one run of one trial to ``out_dir`` (``model.safetensors`` + ``config.json`` [+ other formats]).
+
+    ``trial_number`` None picks the study's best trial (single objective only; a multi-objective study raises
+    :class:`ParetoChoiceNeeded`). ``seed`` None picks the run with the best accuracy on the monitored split.
+    Returns ``{"out": str, "files": [...], "config": {...}}``.
+    """
+    out_dir = Path(out_dir)
+    formats = _check_formats(formats)
+    _check_out_dir(out_dir)
+    study = load_existing_study(storage_url, study_name)
+    trial = _pick_trial(study, study_name, trial_number)
+    artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
+    if not artifact_id:
+        raise UserError(
+            f"trial {trial.number} of study {study_name!r} has no saved weights (trained before checkpoints were "
+            f"saved, or without an artifact store); trials with weights: {_trials_with_weights(study) or 'none'}"
+        )
+    store = artifact_store(storage_url, create=False)
+    with tempfile.TemporaryDirectory(prefix="archsearch-export-") as tmp:
+        downloaded = Path(tmp) / "weights.safetensors"
+        try:
+            optuna.artifacts.download_artifact(
+                artifact_store=store, file_path=str(downloaded), artifact_id=str(artifact_id)
+            )
+        except (optuna.artifacts.exceptions.ArtifactNotFound, OSError, ValueError):
+            raise UserError(
+                f"weights artifact {artifact_id} of trial {trial.number} is missing from the artifact store "
+                f"{artifact_dir(storage_url)}; run export from the directory the study was run in"
+            ) from None
+        weights = read_trial_weights(downloaded)
+    attrs = trial.user_attrs
+    if weights.spec != attrs.get("spec", weights.spec) or weights.seeds != list(attrs.get("seeds", weights.seeds)):
+        raise UserError(f"weights artifact {artifact_id} does not belong to trial {trial.number} (spec/seeds differ)")
+    spec = parse_spec(weights.spec)
+    chosen, selection = _pick_seed(trial, weights.seeds, weights.diverged_seeds, seed)
+    model = build_model(spec)
+    check_state_dict(weights.state_dict(chosen), model, f"weights artifact {artifact_id}")
+    model.load_state_dict(weights.state_dict(chosen))
+    model.eval()
+    config = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spec": str(spec),
+        "spec_dict": spec.to_dict(),
+        "params": count_params(spec),
+        "seed": chosen,
+        "selection": selection,
+        "protocol": attrs.get("protocol"),
+        "input": INPUT_DESCRIPTION,
+        "output": OUTPUT_DESCRIPTION,
+        "classes": list(FASHION_MNIST.classes),
+        "metrics": _seed_metrics(trial, weights.seeds, weights.diverged_seeds, chosen),
+        "source": {
+            "study": study_name,
+            "trial": trial.number,
+            "storage": storage_label(storage_url or DEFAULT_STORAGE),
+            "weights_artifact": str(artifact_id),
+            "trial_seeds": weights.seeds,
+        },
+        "versions": {"archsearch": __version__, "torch": torch.__version__},
+        "files": {"weights": WEIGHTS_FILE, **{f: _FORMAT_FILES[f] for f in formats}},
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": CHECKPOINT_FORMAT, "spec": str(spec), "seed": str(chosen)}
+    with _atomic_dir(out_dir) as tmp_dir:
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp_dir / WEIGHTS_FILE), metadata=meta)
+        for fmt in formats:
+            _write_format(fmt, model, tmp_dir / _FORMAT_FILES[fmt])
+        (tmp_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    files = [CONFIG_FILE, WEIGHTS_FILE, *(_FORMAT_FILES[f] for f in formats)]
+    return {"out": str(out_dir), "files": files, "config": config}
+
+
+def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for fmt in formats:
+        fmt = fmt.lower()
+        if fmt not in FORMATS:
+            raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+        if fmt == "onnx":
+            missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install onnx onnxscript")
+        if fmt not in out:
+            out.append(fmt)
+    return tuple(out)
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    try:
+        return json.loads((path / CONFIG_FILE).read_text()).get("format") == CHECKPOINT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """``out_dir`` may be new, empty, or an earlier archsearch checkpoint (replaced); anything else is refused."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise UserError(f"--out {out_dir} exists and is not a directory")
+        if any(out_dir.iterdir()) and not _is_checkpoint_dir(out_dir):
+            raise UserError(f"--out {out_dir} exists and is not an archsearch checkpoint; refusing to overwrite it")
+    existing = out_dir.absolute().parent
+    while not existing.exists():  # the parents are created only when writing, so a refused export creates nothing
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"cannot write --out {out_dir}: {existing} is not a writable directory")
+
+
+@contextlib.contextmanager
+def _atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out_dir``; on success it replaces ``out_dir``, on failure it vanishes."""
+    parent = out_dir.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {parent}: {err.strerror or err}") from None
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        yield tmp
+        mask = _umask()  # mkdtemp (and safetensors) create private files; a checkpoint is an ordinary directory
+        for path in tmp.iterdir():
+            os.chmod(path, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.old-"))
+            os.replace(out_dir, old / "previous")
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:
+                os.replace(old / "previous", out_dir)
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _trials_with_weights(study: optuna.Study) -> str:
+    numbers = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get(WEIGHTS_ATTR)
+    ]
+    return ", ".join(map(str, numbers))
+
+
+def _pick_trial(study: optuna.Study, name: str, number: int | None) -> FrozenTrial:
+    if number is None:
+        if len(study.directions) > 1:
+            front = [
+                {"number": t.number, "values": list(t.values), "spec": t.user_attrs.get("spec")}
+                for t in sorted(study.best_trials, key=lambda t: t.number)
+            ]
+            raise ParetoChoiceNeeded(name, front)
+        try:
+            return study.best_trial
+        except ValueError:
+            raise UserError(f"study {name!r} has no complete trial yet") from None
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not trials:
+        raise UserError(f"study {name!r} has no trial {number} (trials 0-{len(study.trials) - 1})")
+    trial = trials[0]
+    if trial.state != TrialState.COMPLETE:
+        raise UserError(f"trial {number} of study {name!r} is {trial.state.name}, not COMPLETE")
+    return trial
+
+
+def _ok_seeds(seeds: Sequence[int], diverged: Sequence[int]) -> list[int]:
+    return [s for s in seeds if s not in set(diverged)]
+
+
+def _pick_seed(
+    trial: FrozenTrial, seeds: list[int], diverged: list[int], seed: int | None
+) -> tuple[int, dict[str, Any]]:
+    """The run to export and, for config.json, how it was chosen."""
+    ok = _ok_seeds(seeds, diverged)
+    if seed is not None:
+        if seed not in seeds:
+            raise UserError(f"trial {trial.number} has no run with seed {seed}; its seeds: {seeds}")
+        if seed not in ok:
+            raise UserError(f"the run with seed {seed} of trial {trial.number} diverged; seeds that did not: {ok}")
+        return seed, {"rule": "seed given by the user"}
+    if not ok:
+        raise UserError(f"every run of trial {trial.number} diverged; nothing to export")
+    monitor = str(trial.user_attrs.get("monitor", "test"))
+    accs = trial.user_attrs.get(f"{monitor}_per_seed", {}).get("accuracy")
+    if not isinstance(accs, list) or len(accs) != len(ok):
+        raise UserError(f"trial {trial.number} has no per-seed {monitor} accuracy to choose a run; pass --seed")
+    best = max(range(len(ok)), key=lambda i: (accs[i], -i))  # ties: the first seed
+    selection: dict[str, Any] = {
+        "rule": f"best accuracy on the monitored split ({monitor}) among the trial's {len(ok)} run(s)",
+        "monitor": monitor,
+        "accuracy_per_seed": dict(zip(map(str, ok), accs, strict=True)),
+    }
+    if monitor == "test":
+        selection["note"] = (
+            "chosen on the test set (the report's protocol has no validation split): its test metrics are the best "
+            "of several runs, so they overstate what a fresh run would get; see accuracy_per_seed"
+        )
+    return ok[best], selection
+
+
+def _seed_metrics(trial: FrozenTrial, seeds: list[int], diverged: list[int], seed: int) -> dict[str, Any]:
+    """The metrics the study recorded for ``seed``. Per-seed lists skip diverged runs (see objective.summarize)."""
+    ok = _ok_seeds(seeds, diverged)
+    i = ok.index(seed)
+    out: dict[str, Any] = {}
+    for key, per_metric in trial.user_attrs.items():
+        if not key.endswith("_per_seed") or not isinstance(per_metric, dict):
+            continue
+        split = key.removesuffix("_per_seed")
+        if any(len(values) != len(ok) for values in per_metric.values()):
+            raise UserError(f"trial {trial.number}: {key} does not have one value per run that did not diverge")
+        out[split] = {name: values[i] for name, values in per_metric.items()}
+    detail = trial.user_attrs.get("test_detail", {}).get(str(seed))
+    if detail:
+        out.setdefault("test", {}).update(detail)
+    return out
+
+
+def _write_format(fmt: str, model: nn.Module, path: Path) -> None:
+    s = FASHION_MNIST.shape
+    example = torch.zeros(2, s.channels, s.height, s.width)
+    if fmt == "torchscript":
+        # TorchScript is deprecated upstream (FutureWarning) but still the easiest file for libtorch/C++ users.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(model, example)
+            torch.jit.save(traced, str(path))
+    elif fmt == "onnx":  # needs the optional onnx and onnxscript packages (checked by _check_formats)
+        batch = torch.export.Dim("batch")
+        # The exporter prints progress on stdout, which would corrupt `archsearch export --json`.
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                dynamo=True,
+                external_data=False,  # one self-contained file; archsearch models are far below protobuf's 2 GB
+                verbose=False,
+            )

@@ -1,0 +1,335 @@
+"""`archsearch search`: open architecture spaces explored with Optuna's samplers and pruners.
+
+The objective is mean accuracy on a held-out validation split of the training set (seeded, 10,000 images by
+default); the trial trains on the rest. Test metrics are recorded on every trial for reporting only — no sampler or
+pruner ever sees them. ``--n-trials`` is the study's target of finished (complete or pruned) trials, so rerunning the
+same command after a crash continues where it stopped instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from archsearch.core.errors import UserError
+from archsearch.core.protocol import REPORT_PROTOCOL
+from archsearch.data import Dataset, default_data_dir, ensure_raw_files, load_dataset
+from archsearch.models import count_params
+from archsearch.study.artifacts import artifact_store
+from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
+from archsearch.study.report import report_rows
+from archsearch.study.spaces import Space, SpaceError, parse_space, spec_or_reason
+from archsearch.study.storage import DEFAULT_STORAGE, fail_dead_trials, open_storage, trial_key
+from archsearch.study.workers import spawn_workers, wait_workers
+
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "SearchConfig",
+    "check_config",
+    "finished_trials",
+    "load_search_study",
+    "open_search_study",
+    "run_search",
+    "search_study",
+    "search_summary",
+]
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
+PRUNERS = ("median", "hyperband", "none")
+SPACE_ATTR = "archsearch:space"
+RUN_ATTR = "archsearch:run"
+OBJECTIVES = {"accuracy": optuna.study.StudyDirection.MAXIMIZE, "params": optuna.study.StudyDirection.MINIMIZE}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: str
+    n_trials: int = 20
+    timeout: float | None = None
+    epochs: int = 10
+    runs: int = 1
+    seed: int = 42
+    sampler: str = "tpe"
+    pruner: str = "median"
+    objectives: tuple[str, ...] = ("accuracy",)
+    val_size: int = 10000
+    include_report: bool = False
+
+    @property
+    def seeds(self) -> list[int]:
+        """Every trial trains the same seeds: architectures are compared on common random numbers."""
+        return list(range(self.seed, self.seed + self.runs))
+
+    def study_meta(self, space: Space) -> dict[str, Any]:
+        """What must stay the same across reruns of one study."""
+        return {
+            "kind": "search",
+            "space": space.name,
+            "space_sha256": hashlib.sha256(space.text.encode()).hexdigest()[:16],  # an edited space is another study
+            "space_kind": space.kind,
+            "objectives": list(self.objectives),
+            "epochs": self.epochs,
+            "seeds": self.seeds,
+            "val_size": self.val_size,
+            "split_seed": self.seed,
+        }
+
+
+def _sampler(cfg: SearchConfig, space: Space) -> optuna.samplers.BaseSampler:
+    multi = len(cfg.objectives) > 1
+    if cfg.sampler == "tpe":
+        with warnings.catch_warnings():  # multivariate/group TPE is "experimental" but what conditional spaces need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True, constant_liar=True)
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    if cfg.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=cfg.seed)
+    if cfg.sampler == "cmaes":
+        if multi:
+            raise UserError("the cmaes sampler is single-objective; use nsga2 or tpe with --objectives accuracy,params")
+        # CMA-ES handles the numeric parameters; categorical and conditional ones fall back to TPE.
+        return optuna.samplers.CmaEsSampler(
+            seed=cfg.seed, independent_sampler=optuna.samplers.TPESampler(seed=cfg.seed)
+        )
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.seed)
+    raise UserError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, cfg.epochs // 5))
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs)
+    if cfg.pruner == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"unknown pruner {cfg.pruner!r}; choose one of {', '.join(PRUNERS)}")
+
+
+def check_config(cfg: SearchConfig, space: Space) -> None:
+    """Refuse a bad configuration before any storage is opened (nothing half-written)."""
+    for o in cfg.objectives:
+        if o not in OBJECTIVES:
+            raise UserError(f"unknown objective {o!r}; use accuracy or accuracy,params")
+    if cfg.objectives[0] != "accuracy" or len(set(cfg.objectives)) != len(cfg.objectives):
+        raise UserError("objectives must be 'accuracy' or 'accuracy,params'")
+    _sampler(cfg, space)
+    _pruner(cfg)
+
+
+def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchConfig) -> optuna.Study:
+    """Create or re-open a search study; refuse one that was made with another space or protocol."""
+    check_config(cfg, space)
+    if len(cfg.objectives) > 1 and cfg.pruner != "none":
+        cfg = SearchConfig(**{**asdict(cfg), "pruner": "none"})  # Optuna cannot prune multi-objective trials
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        directions=[OBJECTIVES[o] for o in cfg.objectives],
+        sampler=_sampler(cfg, space),
+        pruner=_pruner(cfg),
+        load_if_exists=True,
+    )
+    meta, wanted = study.user_attrs.get("archsearch"), cfg.study_meta(space)
+    if meta is None:
+        study.set_user_attr("archsearch", wanted)
+        study.set_user_attr(SPACE_ATTR, {"text": space.text, "source": space.source, "name": space.name})
+    elif meta != wanted:
+        raise UserError(f"study {study_name!r} was made with other settings ({meta}); choose another --study-name")
+    # What a worker joining from another machine needs to run the same search (may change between reruns).
+    study.set_user_attr(RUN_ATTR, {k: getattr(cfg, k) for k in ("n_trials", "timeout", "sampler", "pruner", "runs")})
+    for number in fail_dead_trials(study):  # a dead worker's trial is tried again with the same parameters
+        study.enqueue_trial(trial_key(study.trials[number]))
+    if cfg.include_report:
+        for row in report_rows():
+            params = space.report_params(row)
+            if params is not None:
+                study.enqueue_trial(params, user_attrs={"report_row": row.index}, skip_if_exists=True)
+    return study
+
+
+def load_search_study(storage: Any, study_name: str) -> tuple[optuna.Study, Space, SearchConfig]:
+    """Re-open a search study as a worker: the space, sampler and pruner are rebuilt from what the study keeps."""
+    probe = optuna.load_study(study_name=study_name, storage=storage)
+    meta, run, kept = (probe.user_attrs.get(k) for k in ("archsearch", RUN_ATTR, SPACE_ATTR))
+    if not meta or meta.get("kind") != "search" or not run or not kept:
+        raise UserError(f"study {study_name!r} is not an archsearch search study")
+    space = parse_space(kept["text"], kept["source"], kept["name"])
+    cfg = SearchConfig(
+        space=kept["source"], n_trials=run["n_trials"], timeout=run["timeout"], epochs=meta["epochs"],
+        runs=len(meta["seeds"]), seed=meta["split_seed"], sampler=run["sampler"], pruner=run["pruner"],
+        objectives=tuple(meta["objectives"]), val_size=meta["val_size"],
+    )  # fmt: skip
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(cfg, space), pruner=_pruner(cfg))
+    for number in fail_dead_trials(study):
+        study.enqueue_trial(trial_key(study.trials[number]))
+    return study, space, cfg
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def run_search(
+    study: optuna.Study,
+    space: Space,
+    cfg: SearchConfig,
+    data: Dataset,
+    *,
+    device: Any = None,
+    threads: int | None = None,
+    hooks: Hooks | None = None,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    artifact_store: Any = None,
+) -> int:
+    """Run trials until the study has ``cfg.n_trials`` finished ones (or the timeout); returns how many ran now."""
+    if "val" not in data.evals:
+        raise ValueError("search data needs a validation split: the objective must never see the test set")
+    base = REPORT_PROTOCOL.with_(epochs=cfg.epochs)
+    multi = len(cfg.objectives) > 1
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
+        spec, overrides, reason = spec_or_reason(space, trial)
+        if spec is None or reason is not None:
+            trial.set_user_attr("rejected", reason)
+            if spec is not None:
+                trial.set_user_attr("spec", str(spec))
+                trial.set_user_attr("params", count_params(spec, data.info.shape, data.info.num_classes))
+            if multi:  # multi-objective trials cannot be pruned: mark them failed instead, with the reason
+                raise SpaceError(reason or "rejected")
+            raise optuna.TrialPruned(reason)
+        protocol = base.with_(
+            batch_size=int(overrides.get("batch_size", base.batch_size)),
+            lr=float(overrides.get("lr", base.lr)),
+            weight_decay=float(overrides.get("weight_decay", base.weight_decay)),
+        )
+        return run_trial(
+            trial,
+            spec,
+            cfg.seeds,
+            protocol,
+            data,
+            device=device,
+            threads=threads,
+            objectives=cfg.objectives,
+            prune=not multi,
+            hooks=hooks,
+            artifact_store=artifact_store,
+        )
+
+    remaining = cfg.n_trials - finished_trials(study)
+    if remaining <= 0:
+        return 0
+    before = finished_trials(study) + len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    study.optimize(
+        objective,
+        n_trials=remaining,
+        timeout=cfg.timeout,
+        catch=(TrainingDiverged, SpaceError),
+        callbacks=[MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), *callbacks],
+        gc_after_trial=True,
+    )
+    return finished_trials(study) + len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
+
+
+def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    ua = t.user_attrs
+    return {
+        "trial": t.number,
+        "spec": ua.get("spec"),
+        "params": ua.get("params"),
+        "val_acc": ua.get("val", {}).get("accuracy", {}).get("mean"),
+        "val_acc_std": ua.get("val", {}).get("accuracy", {}).get("std"),
+        "test_acc": ua.get("test", {}).get("accuracy", {}).get("mean"),
+        "test_acc_std": ua.get("test", {}).get("accuracy", {}).get("std"),
+        "report_row": ua.get("report_row"),
+    }
+
+
+def search_summary(study: optuna.Study) -> dict[str, Any]:
+    """Best trial (or Pareto front), best under the report CNN's budget and under 100k, and the report's rows
+    to compare with. Validation accuracy chose the models; test accuracy is reported alongside, never used."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    states = [t.state for t in study.trials]
+    rows = sorted((_trial_row(t) for t in complete), key=lambda r: -(r["val_acc"] or -math.inf))
+    best = rows[0] if rows else None
+    front = sorted((_trial_row(t) for t in study.best_trials), key=lambda r: r["params"]) if complete else []
+    report = report_rows()
+    best_report = max(report, key=lambda r: r.reported_acc)
+
+    def best_under(budget: int) -> dict[str, Any] | None:
+        fit = [r for r in rows if r["params"] is not None and r["params"] <= budget]
+        return fit[0] if fit else None
+
+    nearest = None
+    if best is not None:
+        near = min(report, key=lambda r: abs(math.log(r.reported_params) - math.log(best["params"])))
+        nearest = {"index": near.index, "label": near.label, "params": near.reported_params, "acc": near.reported_acc}
+    return {
+        "study": study.study_name,
+        "meta": study.user_attrs.get("archsearch"),
+        "counts": {s.name.lower(): states.count(s) for s in TrialState if states.count(s)},
+        "best": best,
+        "pareto_front": front if len(study.directions) > 1 else [],
+        "best_under_44374": best_under(44374),
+        "best_under_100000": best_under(100000),
+        "report_best": {
+            "index": best_report.index,
+            "params": best_report.reported_params,
+            "acc": best_report.reported_acc,
+        },
+        "report_nearest_params": nearest,
+        "top": rows[:10],
+        "note": "val_acc (validation split of the training set) chose the models; test_acc is reported only.",
+    }
+
+
+def search_study(
+    cfg: SearchConfig,
+    space: Space,
+    *,
+    storage_url: str | None = None,
+    study_name: str | None = None,
+    device: Any = None,
+    threads: int | None = None,
+    workers: int = 1,
+    data_dir: Any = None,
+    hooks: Hooks | None = None,
+) -> dict[str, Any]:
+    """The whole command: open (or resume) the study, run trials until it has ``cfg.n_trials`` finished ones — in
+    this process, or in ``workers`` worker processes — and summarise it (:func:`search_summary`, plus ``ran_now``)."""
+    hooks = hooks or Hooks()
+    check_config(cfg, space)
+    ensure_raw_files(data_dir or default_data_dir())
+    store = open_storage(storage_url)
+    name = study_name or f"search-{space.name}"
+    study = open_search_study(store, name, space, cfg)
+    done0 = finished_trials(study)
+
+    def tick(*_: Any) -> None:
+        hooks.on_progress(min(finished_trials(study), cfg.n_trials), cfg.n_trials)
+
+    tick()
+    if workers > 1:
+        procs = spawn_workers(workers, storage_url or DEFAULT_STORAGE, name, device=device, data_dir=data_dir)
+        wait_workers(procs, tick)
+        ran = finished_trials(study) - done0
+    else:
+        data = load_dataset(data_dir, val_size=cfg.val_size, split_seed=cfg.seed, device=device)
+        ran = run_search(
+            study, space, cfg, data, device=device, threads=threads, hooks=hooks, callbacks=[tick],
+            artifact_store=artifact_store(storage_url),
+        )  # fmt: skip
+    summary = search_summary(study)
+    summary["ran_now"] = ran
+    return summary

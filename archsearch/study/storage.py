@@ -1,0 +1,194 @@
+"""Optuna storages: URL checking, SQLite/PostgreSQL (RDB) and journal files, and recovery of trials left RUNNING
+by dead processes.
+
+Optuna's heartbeat notices dead workers only for RDB storages and only inside ``optimize()``, and only after a grace
+period. archsearch also records which process owns a trial (host and PID); a trial RUNNING on this host whose process
+is gone is failed and re-queued at once, on every storage.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from archsearch.core.errors import UserError
+from archsearch.study import _optuna
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "OWNER_ATTR",
+    "artifact_dir",
+    "claim_trial",
+    "fail_dead_trials",
+    "fail_stale_trials",
+    "load_existing_study",
+    "open_storage",
+    "storage_label",
+    "trial_key",
+]
+
+DEFAULT_STORAGE = "sqlite:///archsearch.db"
+OWNER_ATTR = "archsearch:owner"
+HEARTBEAT_S = 20
+GRACE_S = 120
+
+
+def open_storage(url: str | None) -> BaseStorage:
+    """An Optuna storage for ``url``: ``sqlite:///file.db`` (default ``archsearch.db`` here), ``postgresql://…``,
+    any SQLAlchemy URL, or ``journal:///path/file.log`` for Optuna's JournalStorage on one host."""
+    url = url or DEFAULT_STORAGE
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme == "journal":
+        if ":///" not in url or not url.split(":///", 1)[1]:
+            raise UserError(f"storage {url!r}: a journal URL needs a file, e.g. journal:///archsearch.log")
+        path = Path(url.split(":///", 1)[1])  # like SQLite: journal:///rel.log, journal:////abs/path.log
+        _check_parent_writable(path, url)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if not scheme:
+        raise UserError(f"storage {url!r} is not a URL; use e.g. sqlite:///archsearch.db or postgresql://host/db")
+    engine_kwargs: dict[str, Any] = {}
+    if scheme == "sqlite":
+        path_text = url.split(":///", 1)[1] if ":///" in url else ""
+        if not path_text:
+            raise UserError(f"storage {url!r}: an SQLite URL needs a file, e.g. sqlite:///archsearch.db")
+        _check_parent_writable(Path(path_text), url)
+        # Several processes share one SQLite file: wait for locks instead of failing with "database is locked".
+        # isolation_level=None hands transaction control to SQLAlchemy; see _sqlite_transactions_take_the_lock.
+        engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and have been since v2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            )
+            if scheme == "sqlite":
+                _sqlite_transactions_take_the_lock(storage.engine)
+            return storage
+    except Exception as err:  # SQLAlchemy raises many types: unknown dialect, refused connection, bad credentials
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot open storage {storage_label(url)}: {first}") from None
+
+
+def _sqlite_transactions_take_the_lock(engine: Any) -> None:
+    """Start every SQLite transaction with BEGIN IMMEDIATE (SQLAlchemy's documented pysqlite recipe).
+
+    Optuna claims a queued trial by reading its state and writing RUNNING if it was WAITING, "FOR UPDATE" on servers;
+    SQLite has no row locks and pysqlite begins a transaction only at the first write, so two processes could both
+    read WAITING and both claim the trial (seen with 4 workers: one trial trained twice, the second tell failed).
+    Taking SQLite's write lock at the start makes each read-check-write atomic; other processes wait (timeout 120 s).
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def load_existing_study(url: str | None, name: str, **kwargs: Any) -> optuna.Study:
+    """Load a study that must already exist: a missing SQLite/journal file is refused instead of being created
+    empty, and an unknown name is refused with the names the storage does hold (a typo is fixed in one step)."""
+    label = url or DEFAULT_STORAGE
+    if label.startswith(("sqlite:///", "journal:///")):
+        path = Path(label.split(":///", 1)[1]).expanduser()
+        if not path.is_file():
+            raise UserError(f"storage {label!r}: no such file {path}; give the --storage the study was run with")
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage, **kwargs)
+    except KeyError:
+        names = sorted(optuna.get_all_study_names(storage))
+        have = f"studies there: {', '.join(names)}" if names else "it holds no studies"
+        raise UserError(f"no study named {name!r} in {storage_label(label)}; {have}") from None
+
+
+def _check_parent_writable(path: Path, url: str) -> None:
+    parent = path.expanduser().resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f"storage {url!r}: directory {parent} does not exist or is not writable")
+
+
+def storage_label(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def artifact_dir(url: str | None) -> Path:
+    """Where trial artifacts (weights) go: next to an SQLite/journal file, else ./archsearch-artifacts."""
+    url = url or DEFAULT_STORAGE
+    if url.startswith(("sqlite:///", "journal:///")):
+        path = Path(url.split(":///", 1)[1])
+        return path.parent / f"{path.stem}-artifacts"
+    return Path("archsearch-artifacts")
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def claim_trial(trial: optuna.Trial) -> None:
+    """Record this process as the trial's owner, so that a rerun can tell a dead worker's trial from a live one."""
+    _optuna.set_system_attr(trial.storage, trial, OWNER_ATTR, _owner())
+
+
+def trial_key(trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters, also for WAITING trials (whose enqueued params are not yet in ``params``)."""
+    return trial.params or dict(trial.system_attrs.get("fixed_params", {}))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_dead_here(trial: FrozenTrial) -> bool:
+    owner = trial.system_attrs.get(OWNER_ATTR)
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return False
+    return owner.get("pid") != os.getpid() and not _pid_alive(int(owner.get("pid", -1)))
+
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose owner process on this host is gone (and, via Optuna's heartbeat, those of dead
+    workers elsewhere). Returns the numbers of the trials failed here; callers re-queue their parameters."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _is_dead_here(trial):
+            try:
+                _optuna.set_system_attr(_optuna.storage_of(study), trial, "archsearch:fail_reason", "worker died")
+                _optuna.fail(study, trial)
+                failed.append(trial.number)
+            except RuntimeError:  # another process finished or failed it first
+                pass
+    if isinstance(_optuna.storage_of(study), RDBStorage):
+        fail_stale_trials(study)
+    return failed
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's heartbeat check (fail trials whose worker stopped beating; the retry callback re-queues them)."""
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)

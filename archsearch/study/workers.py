@@ -1,0 +1,144 @@
+"""Several processes on one study: ``--workers N`` on one machine, ``archsearch worker`` on any machine.
+
+Every worker is an ordinary process that opens the study and takes queued (or newly sampled) trials from it; Optuna's
+storage decides which worker gets which trial, so no trial is trained twice. On one host the default SQLite file is
+enough: trials last seconds to hours and write a few rows per epoch, far from the write rates at which SQLite locking
+hurts (with a 120 s lock timeout, see storage.py). Across hosts use PostgreSQL: one database, the same command on
+every machine.
+
+Threads: on a small CPU, N processes with one thread each beat one process with N threads for small models (the
+per-step Python overhead runs in parallel); each worker gets ``cores // N`` threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from archsearch.core.errors import UserError
+from archsearch.data import load_dataset
+from archsearch.engine import usable_cores
+from archsearch.study.objective import Hooks
+
+__all__ = ["default_workers", "run_worker", "spawn_workers", "threads_per_worker", "wait_workers"]
+
+
+# A worker's peak resident memory on the report's largest rows, with margin (measured: 0.96 GB for one process
+# training rows 13 and 15, 1.84 GB for two workers and their coordinator).
+WORKER_BYTES = 1 << 30
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def default_workers(device: Any, threads: int | None, trials: int) -> int:
+    """``--workers`` when not given. On a CPU, one single-threaded worker per core: the fastest layout measured
+    (benchmarks/bench_trainer.py, report rows 6, 10, 15, 16 on 2 cores: 1.3-1.7x the model-steps/s of one process
+    with 2 threads, where only the ReLU MLPs' C step spreads over the cores) — but no more workers than trials, nor
+    than the free memory holds. One process on a GPU (the GPU time-slices between processes: 4 workers
+    measured 0.94-1.07x of one) and wherever ``--threads`` says how to use the cores."""
+    if getattr(device, "type", "cpu") != "cpu" or threads is not None or trials <= 1:
+        return 1
+    memory = _available_memory()
+    fit = max(1, memory // WORKER_BYTES) if memory is not None else usable_cores()
+    return max(1, min(usable_cores(), trials, fit))
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, usable_cores() // workers)
+
+
+def spawn_workers(
+    n: int,
+    storage: str,
+    study_name: str,
+    *,
+    device: Any,
+    data_dir: Path | None,
+    models: str | None = None,
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``n`` ``archsearch worker`` processes on the study (their output goes to stderr); ``models`` limits
+    reproduce workers to the rows the command asked for."""
+    cmd = [sys.executable, "-m", "archsearch", "worker", "--study", study_name, "--storage", storage]
+    if models:
+        cmd += ["--models", models]
+    cmd += ["--threads", str(threads_per_worker(n))]
+    if device is not None:
+        cmd += ["--device", str(device)]
+    if data_dir:
+        cmd += ["--data-dir", str(data_dir)]
+    return [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(n)]
+
+
+def wait_workers(procs: list[subprocess.Popen[bytes]], poll: Callable[[], None], every: float = 2.0) -> None:
+    """Wait for all workers, calling ``poll`` (progress) meanwhile; stop them all if one fails or on Ctrl-C."""
+    try:
+        while True:
+            running = [p for p in procs if p.poll() is None]  # poll() first: it is what sets returncode
+            failed = [p for p in procs if p.returncode not in (None, 0)]
+            if failed:  # also one that failed after the last look, as all the others finished
+                raise UserError(f"a worker exited with code {failed[0].returncode}; rerun the command to resume")
+            if not running:
+                break
+            poll()
+            time.sleep(every)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+    poll()
+
+
+def run_worker(
+    storage_url: str | None,
+    study_name: str,
+    *,
+    device: Any,
+    data_dir: Path | None,
+    hooks: Hooks | None,
+    models: Sequence[int] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Join a study (reproduce or search) and train until it has nothing left to do."""
+
+    from archsearch.study import reproduce, search
+    from archsearch.study.artifacts import artifact_store as make_store
+    from archsearch.study.storage import load_existing_study, open_storage
+
+    probe = load_existing_study(storage_url, study_name)
+    storage = open_storage(storage_url)
+    kind = (probe.user_attrs.get("archsearch") or {}).get("kind")
+    if models is not None and kind != "reproduce":
+        raise UserError(f"--models picks report rows; study {study_name!r} is not a reproduce study")
+    artifact_store = make_store(storage_url) if kind in ("reproduce", "search") else None
+    if kind == "reproduce":
+        study, rcfg = reproduce.load_reproduce_study(storage, study_name)
+        if models is not None:
+            rcfg = dataclasses.replace(rcfg, indexes=tuple(models))
+        data = load_dataset(data_dir, device=device)
+        stats = reproduce.run_reproduce(
+            study, rcfg, data, device=device, threads=threads, hooks=hooks, artifact_store=artifact_store
+        )
+        return {"study": study_name, "kind": kind, "trained": len(stats.trained), "failed": len(stats.failed)}
+    if kind == "search":
+        study, space, scfg = search.load_search_study(storage, study_name)
+        data = load_dataset(data_dir, val_size=scfg.val_size, split_seed=scfg.seed, device=device)
+        ran = search.run_search(
+            study, space, scfg, data, device=device, threads=threads, hooks=hooks, artifact_store=artifact_store
+        )
+        return {"study": study_name, "kind": kind, "trained": ran}
+    raise UserError(f"study {study_name!r} was not made by archsearch reproduce or search")
