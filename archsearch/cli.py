@@ -237,12 +237,23 @@ def search(
         str, typer.Option(help="'accuracy' or 'accuracy,params' (maximise accuracy, minimise parameters).")
     ] = "accuracy",
     val_size: Annotated[int, typer.Option(min=1, help="Validation images held out of the training set.")] = 10000,
+    train_size: Annotated[
+        int | None, typer.Option(min=1, help="Train on this many of the other images (a cheaper screen).")
+    ] = None,
     include_report: Annotated[
         bool, typer.Option(help="Start with the report's architectures that fit the space.")
     ] = False,
     workers: Annotated[
         int, typer.Option(min=1, help="Parallel worker processes on this machine (each gets cores/N threads).")
     ] = 1,
+    finalists: Annotated[
+        int, typer.Option(min=0, help="Then retrain the N best trials (overall and per budget) with more epochs/seeds.")
+    ] = 0,
+    final_epochs: Annotated[int | None, typer.Option(min=1, help="Finalists' epochs; default 3x --epochs.")] = None,
+    final_runs: Annotated[int, typer.Option(min=1, help="Finalists' seeds, trained fused.")] = 2,
+    budgets: Annotated[
+        str, typer.Option(help="Parameter budgets the summary (and the finalists) look at, comma-separated.")
+    ] = "10000,44374,100000",
     storage: StorageOpt = None,
     study_name: StudyOpt = None,
     device: DeviceOpt = None,
@@ -252,19 +263,26 @@ def search(
 ) -> None:
     """Search an architecture space with Optuna; the objective is validation accuracy, never test."""
     from archsearch.results import search_lines, search_tables
-    from archsearch.study import SearchConfig, load_space, search_study
+    from archsearch.study import FinalConfig, SearchConfig, load_space, search_study
 
     sp = load_space(space)
+    try:
+        budget_list = tuple(int(b) for b in budgets.split(",") if b.strip())
+    except ValueError:
+        raise UserError(f"cannot read --budgets {budgets!r}; use e.g. 10000,44374,100000") from None
     cfg = SearchConfig(
         space=space, n_trials=n_trials, timeout=timeout, epochs=epochs, runs=runs, seed=seed,
         sampler=str(sampler), pruner=str(pruner), objectives=tuple(o.strip() for o in objectives.split(",")),
-        val_size=val_size, include_report=include_report,
+        val_size=val_size, train_size=train_size, include_report=include_report, budgets=budget_list,
     )  # fmt: skip
+    final = None
+    if finalists:
+        final = FinalConfig(finalists, final_epochs or 3 * epochs, final_runs, seed, budget_list)
     dev = _runtime(threads, device)
     with console.bar(enabled=not json_) as bar:
         summary = search_study(
             cfg, sp, storage_url=storage, study_name=study_name, device=dev, threads=threads, workers=workers,
-            data_dir=data_dir, hooks=console.trial_hooks(bar, "search: finished trials"),
+            data_dir=data_dir, hooks=console.trial_hooks(bar, "search: finished trials"), final=final,
         )  # fmt: skip
     if json_:
         console.emit_json(summary)

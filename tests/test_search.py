@@ -62,7 +62,7 @@ def test_cnn_space(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     # one trial, the report's CNN (queued by --include-report): sampled CNNs can cost minutes per epoch
     s = search_json(capsys, tmp_path, "--space", "cnn", "--n-trials", "1", "--epochs", "1", "--include-report")
     assert s["best"]["spec"] == "cnn:6c5-p2-16c5-p2-fc128,64-relu" and s["counts"]["complete"] == 1
-    assert s["best_under_44374"] == s["best"] and s["report_best"]["index"] == 16
+    assert s["best_under"]["44374"] == s["best"] and s["report_best"]["index"] == 16
     assert 0.7 < s["best"]["val_acc"] < 0.95
 
 

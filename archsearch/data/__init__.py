@@ -1,6 +1,6 @@
 """Datasets as whole tensors, found, verified and loaded; and what is known about their images."""
 
-from archsearch.data.dataset import FASHION_MNIST, Dataset, DatasetInfo, as_float
+from archsearch.data.dataset import FASHION_MNIST, Dataset, DatasetInfo, as_float, split_training
 from archsearch.data.fashion_mnist import (
     CLASSES,
     DEBIAN_DIR,
@@ -24,5 +24,6 @@ __all__ = [
     "default_data_dir",
     "ensure_raw_files",
     "load_dataset",
+    "split_training",
     "verify_raw_files",
 ]

@@ -16,7 +16,7 @@ import torch
 
 from archsearch.core.shapes import FASHION_MNIST_SHAPE, Shape
 
-__all__ = ["FASHION_MNIST", "Dataset", "DatasetInfo", "as_float"]
+__all__ = ["FASHION_MNIST", "Dataset", "DatasetInfo", "as_float", "split_training"]
 
 
 def as_float(images: torch.Tensor) -> torch.Tensor:
@@ -87,3 +87,28 @@ class Dataset:
             {k: (x.to(device), y.to(device)) for k, (x, y) in self.evals.items()},
             self.info,
         )
+
+
+def split_training(
+    x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int, train_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """A seeded split of a training set: (train images, train labels, the held-out validation set or None).
+
+    The validation images are the first ``val_size`` of a permutation drawn from ``seed``, so they are the same
+    whatever ``train_size`` is; ``train_size`` keeps only that many of the rest (a cheaper, lower-fidelity trial on
+    fewer images, judged on the same validation set). Indices are sorted: a split keeps the stored order.
+    """
+    from archsearch.core.errors import UserError
+
+    n = len(y)
+    if val_size and not 0 < val_size < n:
+        raise UserError(f"validation size must be between 1 and {n - 1}, got {val_size}")
+    if train_size is not None and not 0 < train_size <= n - val_size:
+        raise UserError(f"training size must be between 1 and {n - val_size}, got {train_size}")
+    if not val_size and train_size is None:
+        return x, y, None
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, rest = order[:val_size].sort().values, order[val_size:]
+    train_idx = (rest if train_size is None else rest[:train_size]).sort().values
+    val = (x[val_idx], y[val_idx]) if val_size else None
+    return x[train_idx], y[train_idx], val

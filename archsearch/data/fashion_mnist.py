@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from archsearch.core.errors import UserError
-from archsearch.data.dataset import FASHION_MNIST, Dataset
+from archsearch.data.dataset import FASHION_MNIST, Dataset, split_training
 
 __all__ = [
     "CLASSES",
@@ -145,24 +145,20 @@ def load_dataset(
     *,
     val_size: int = 0,
     split_seed: int = 0,
+    train_size: int | None = None,
     device: torch.device | str = "cpu",
     checksums: Mapping[str, str] | None = FILES,
     debian_dir: Path = DEBIAN_DIR,
     download: bool = True,
 ) -> Dataset:
     """Load Fashion-MNIST. With ``val_size`` > 0 a seeded random split of the training set is held out as ``val``
-    (the rest is trained on); the test set is always ``evals['test']``."""
+    (the rest is trained on, or ``train_size`` images of it: see ``split_training``); the test set is always
+    ``evals['test']``."""
     root = data_dir if data_dir is not None else default_data_dir()
     ensure_raw_files(root, debian_dir=debian_dir, download=download, checksums=checksums)
     train_x, train_y = _read(root, train=True)
     test_x, test_y = _read(root, train=False)
-    evals = {}
-    if val_size:
-        if not 0 < val_size < len(train_y):
-            raise DataError(f"validation size must be between 1 and {len(train_y) - 1}, got {val_size}")
-        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(split_seed))
-        val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
-        evals["val"] = (train_x[val_idx], train_y[val_idx])
-        train_x, train_y = train_x[train_idx], train_y[train_idx]
+    train_x, train_y, val = split_training(train_x, train_y, val_size, split_seed, train_size)
+    evals = {"val": val} if val is not None else {}
     evals["test"] = (test_x, test_y)
     return Dataset(train_x, train_y, evals, replace(FASHION_MNIST, source=str(_raw_dir(root)))).to(device)

@@ -58,6 +58,18 @@ def reproduction_lines(comparisons: Sequence[Mapping[str, Any]], meta: Mapping[s
     return lines
 
 
+def final_table(final: Mapping[str, Any]) -> Table:
+    """The finalists: screening validation accuracy, then final validation and test accuracy over more seeds."""
+    rows = [
+        [str(r["source_trial"]), r["spec"], f"{r['params']:,}", f"{r['screen_val_acc']:.4f}",
+         f"{r['val_acc']:.4f} ± {r['val_acc_std']:.4f}", f"{r['test_acc']:.4f} ± {r['test_acc_std']:.4f}",
+         f"{r['epochs']} × {len(r['seeds'])}"]
+        for r in final["finalists"]
+    ]  # fmt: skip
+    headers = ["trial", "spec", "params", "screen val", "final val", "final test", "epochs × seeds"]
+    return (f"Finalists (study {final['study']})", headers, rows)
+
+
 def search_tables(s: Mapping[str, Any]) -> list[Table]:
     shown = s["pareto_front"] or ([s["best"]] if s["best"] else [])
     title = "Pareto front (val accuracy vs parameters)" if s["pareto_front"] else "Best trial"
@@ -66,19 +78,30 @@ def search_tables(s: Mapping[str, Any]) -> list[Table]:
          f"{r['test_acc']:.4f} ± {r['test_acc_std']:.4f}"]
         for r in shown
     ]  # fmt: skip
-    return [(title, ["trial", "spec", "params", "val acc", "test acc"], rows)]
+    tables = [(title, ["trial", "spec", "params", "val acc", "test acc"], rows)]
+    return [*tables, final_table(s["final"])] if s.get("final") else tables
 
 
 def search_lines(s: Mapping[str, Any]) -> list[str]:
     lines = [f"study {s['study']}: {s['counts']} · ran now: {s['ran_now']}"]
-    for key, label in (("best_under_44374", "best ≤ 44,374 params"), ("best_under_100000", "best ≤ 100,000 params")):
-        r = s[key]
+    for budget, r in s["best_under"].items():
         if r:
-            lines.append(f"{label}: {r['spec']} ({r['params']:,}) val {r['val_acc']:.4f}, test {r['test_acc']:.4f}")
+            lines.append(
+                f"best ≤ {int(budget):,} params: {r['spec']} ({r['params']:,}) val {r['val_acc']:.4f}, "
+                f"test {r['test_acc']:.4f}"
+            )
     rb, rn = s["report_best"], s["report_nearest_params"]
     lines.append(f"report's best: row {rb['index']} ({rb['params']:,} params) test {rb['acc']:.4f}")
     if rn:
         lines.append(f"report's row nearest in parameters: row {rn['index']} {rn['label']} ({rn['params']:,}) "
                      f"test {rn['acc']:.4f}")  # fmt: skip
+    if s.get("final"):
+        for budget, r in s["final"]["best_under"].items():
+            if r:
+                lines.append(
+                    f"finalist ≤ {int(budget):,} params: {r['spec']} ({r['params']:,}) {r['epochs']} epochs × "
+                    f"{len(r['seeds'])} seed(s): val {r['val_acc']:.4f}, "
+                    f"test {r['test_acc']:.4f} ± {r['test_acc_std']:.4f}"
+                )
     lines.append(s["note"])
     return lines

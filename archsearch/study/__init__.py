@@ -6,6 +6,7 @@ from archsearch.study.analysis import analyze, analyze_study, trial_row
 from archsearch.study.artifacts import artifact_store, read_trial_weights, save_trial_weights
 from archsearch.study.dashboard import dashboard_url, serve
 from archsearch.study.export import ParetoChoiceNeeded, export_trial
+from archsearch.study.finalists import FinalConfig, final_summary, run_finalists
 from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
 from archsearch.study.report import ReportRow, parse_indexes, report_rows
 from archsearch.study.reproduce import ReproduceConfig, ReproduceResult, reproduce_study
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "PRUNERS",
     "SAMPLERS",
+    "FinalConfig",
     "Hooks",
     "ParetoChoiceNeeded",
     "ReportRow",
@@ -33,6 +35,7 @@ __all__ = [
     "artifact_store",
     "dashboard_url",
     "export_trial",
+    "final_summary",
     "load_existing_study",
     "load_space",
     "open_storage",
@@ -40,6 +43,7 @@ __all__ = [
     "read_trial_weights",
     "report_rows",
     "reproduce_study",
+    "run_finalists",
     "run_trial",
     "run_worker",
     "save_trial_weights",

@@ -8,6 +8,7 @@ same command after a crash continues where it stopped instead of starting over.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import warnings
@@ -24,6 +25,7 @@ from archsearch.core.protocol import REPORT_PROTOCOL
 from archsearch.data import Dataset, default_data_dir, ensure_raw_files, load_dataset
 from archsearch.models import count_params
 from archsearch.study.artifacts import artifact_store
+from archsearch.study.finalists import DEFAULT_BUDGETS, FinalConfig, final_summary, run_finalists
 from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
 from archsearch.study.report import report_rows
 from archsearch.study.spaces import Space, SpaceError, parse_space, spec_or_reason
@@ -62,12 +64,20 @@ class SearchConfig:
     pruner: str = "median"
     objectives: tuple[str, ...] = ("accuracy",)
     val_size: int = 10000
+    train_size: int | None = None  # train on this many of the other images (a cheaper, lower-fidelity screen)
     include_report: bool = False
+    budgets: tuple[int, ...] = DEFAULT_BUDGETS
 
     @property
     def seeds(self) -> list[int]:
         """Every trial trains the same seeds: architectures are compared on common random numbers."""
         return list(range(self.seed, self.seed + self.runs))
+
+    def load_data(self, data_dir: Any, device: Any) -> Dataset:
+        """The search's data: the validation split (seeded with ``seed``), the training images, the test set."""
+        return load_dataset(
+            data_dir, val_size=self.val_size, split_seed=self.seed, train_size=self.train_size, device=device
+        )
 
     def study_meta(self, space: Space) -> dict[str, Any]:
         """What must stay the same across reruns of one study."""
@@ -80,6 +90,7 @@ class SearchConfig:
             "epochs": self.epochs,
             "seeds": self.seeds,
             "val_size": self.val_size,
+            **({"train_size": self.train_size} if self.train_size is not None else {}),
             "split_seed": self.seed,
         }
 
@@ -147,7 +158,8 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
     elif meta != wanted:
         raise UserError(f"study {study_name!r} was made with other settings ({meta}); choose another --study-name")
     # What a worker joining from another machine needs to run the same search (may change between reruns).
-    study.set_user_attr(RUN_ATTR, {k: getattr(cfg, k) for k in ("n_trials", "timeout", "sampler", "pruner", "runs")})
+    run = {k: getattr(cfg, k) for k in ("n_trials", "timeout", "sampler", "pruner", "runs")}
+    study.set_user_attr(RUN_ATTR, {**run, "budgets": list(cfg.budgets)})
     for number in fail_dead_trials(study):  # a dead worker's trial is tried again with the same parameters
         study.enqueue_trial(trial_key(study.trials[number]))
     if cfg.include_report:
@@ -168,7 +180,7 @@ def load_search_study(storage: Any, study_name: str) -> tuple[optuna.Study, Spac
     cfg = SearchConfig(
         space=kept["source"], n_trials=run["n_trials"], timeout=run["timeout"], epochs=meta["epochs"],
         runs=len(meta["seeds"]), seed=meta["split_seed"], sampler=run["sampler"], pruner=run["pruner"],
-        objectives=tuple(meta["objectives"]), val_size=meta["val_size"],
+        objectives=tuple(meta["objectives"]), val_size=meta["val_size"], train_size=meta.get("train_size"),
     )  # fmt: skip
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(cfg, space), pruner=_pruner(cfg))
     for number in fail_dead_trials(study):
@@ -199,7 +211,7 @@ def run_search(
     multi = len(cfg.objectives) > 1
 
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
-        spec, overrides, reason = spec_or_reason(space, trial)
+        spec, recipe, reason = spec_or_reason(space, trial, data.info.shape, data.info.num_classes)
         if spec is None or reason is not None:
             trial.set_user_attr("rejected", reason)
             if spec is not None:
@@ -208,11 +220,7 @@ def run_search(
             if multi:  # multi-objective trials cannot be pruned: mark them failed instead, with the reason
                 raise SpaceError(reason or "rejected")
             raise optuna.TrialPruned(reason)
-        protocol = base.with_(
-            batch_size=int(overrides.get("batch_size", base.batch_size)),
-            lr=float(overrides.get("lr", base.lr)),
-            weight_decay=float(overrides.get("weight_decay", base.weight_decay)),
-        )
+        protocol = space.protocol(base, recipe)
         return run_trial(
             trial,
             spec,
@@ -257,8 +265,8 @@ def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 
 def search_summary(study: optuna.Study) -> dict[str, Any]:
-    """Best trial (or Pareto front), best under the report CNN's budget and under 100k, and the report's rows
-    to compare with. Validation accuracy chose the models; test accuracy is reported alongside, never used."""
+    """Best trial (or Pareto front), the best under each parameter budget, and the report's rows to compare with.
+    Validation accuracy chose the models; test accuracy is reported alongside, never used."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     states = [t.state for t in study.trials]
     rows = sorted((_trial_row(t) for t in complete), key=lambda r: -(r["val_acc"] or -math.inf))
@@ -271,6 +279,8 @@ def search_summary(study: optuna.Study) -> dict[str, Any]:
         fit = [r for r in rows if r["params"] is not None and r["params"] <= budget]
         return fit[0] if fit else None
 
+    budgets = (study.user_attrs.get(RUN_ATTR) or {}).get("budgets") or DEFAULT_BUDGETS
+
     nearest = None
     if best is not None:
         near = min(report, key=lambda r: abs(math.log(r.reported_params) - math.log(best["params"])))
@@ -281,8 +291,7 @@ def search_summary(study: optuna.Study) -> dict[str, Any]:
         "counts": {s.name.lower(): states.count(s) for s in TrialState if states.count(s)},
         "best": best,
         "pareto_front": front if len(study.directions) > 1 else [],
-        "best_under_44374": best_under(44374),
-        "best_under_100000": best_under(100000),
+        "best_under": {str(b): best_under(b) for b in budgets},
         "report_best": {
             "index": best_report.index,
             "params": best_report.reported_params,
@@ -305,9 +314,11 @@ def search_study(
     workers: int = 1,
     data_dir: Any = None,
     hooks: Hooks | None = None,
+    final: FinalConfig | None = None,
 ) -> dict[str, Any]:
     """The whole command: open (or resume) the study, run trials until it has ``cfg.n_trials`` finished ones — in
-    this process, or in ``workers`` worker processes — and summarise it (:func:`search_summary`, plus ``ran_now``)."""
+    this process, or in ``workers`` worker processes —, retrain the ``final`` finalists in this process, and
+    summarise it all (:func:`search_summary`, ``ran_now``, and ``final``: :func:`final_summary`)."""
     hooks = hooks or Hooks()
     check_config(cfg, space)
     ensure_raw_files(data_dir or default_data_dir())
@@ -320,16 +331,25 @@ def search_study(
         hooks.on_progress(min(finished_trials(study), cfg.n_trials), cfg.n_trials)
 
     tick()
+    data = None
     if workers > 1:
         procs = spawn_workers(workers, storage_url or DEFAULT_STORAGE, name, device=device, data_dir=data_dir)
         wait_workers(procs, tick)
         ran = finished_trials(study) - done0
     else:
-        data = load_dataset(data_dir, val_size=cfg.val_size, split_seed=cfg.seed, device=device)
+        data = cfg.load_data(data_dir, device)
         ran = run_search(
             study, space, cfg, data, device=device, threads=threads, hooks=hooks, callbacks=[tick],
             artifact_store=artifact_store(storage_url),
         )  # fmt: skip
     summary = search_summary(study)
     summary["ran_now"] = ran
+    if final is not None:  # at full fidelity: every training image, however many the screen used
+        if data is None or cfg.train_size is not None:
+            data = dataclasses.replace(cfg, train_size=None).load_data(data_dir, device)
+        finals = run_finalists(
+            study, final, data, storage=store, device=device, threads=threads, hooks=hooks,
+            artifact_store=artifact_store(storage_url),
+        )  # fmt: skip
+        summary["final"] = final_summary(finals)
     return summary

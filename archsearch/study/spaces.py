@@ -1,16 +1,14 @@
-"""Search spaces: declarative TOML files that turn an Optuna trial into a spec (and optional optimiser settings).
+"""Search spaces: declarative TOML files that turn an Optuna trial into a spec and a training recipe.
 
-"What to try" lives here, "how to train" in the trainer. A space file names its kind and defines parameters; each
-parameter is ``{ low = .., high = .., log = true, step = .. }`` (int if both bounds are ints), ``{ choices = [..] }``
-or a plain value (fixed). Per-layer parameters exist only up to the sampled depth (Optuna's define-by-run makes them
-conditional). Constraints: ``max_params`` / ``min_params``. See ``studies/mlp.toml``, ``studies/cnn.toml`` and
-``examples/small_cnn.toml``.
-
-mlp keys: depth, width (per layer), shape (free | constant | funnel | hourglass), activation.
-cnn keys: blocks, channels, kernel, padding (valid | same), pool (max | avg | none) — per block — then fc_depth,
-fc_width (per fc layer), activation.
-Both: max_params, min_params, max_macs (compute per image: keeps trials affordable on a CPU), and an [optimizer]
-table with lr, weight_decay, batch_size (absent: the report's fixed protocol).
+"What to try" lives here, "how to train" in the trainer. A space file names its kind (mlp, cnn, resnet: see
+archsearch.study.space_kinds for their keys) and defines parameters; each parameter is
+``{ low = .., high = .., log = true, step = .. }`` (int if both bounds are ints), ``{ choices = [..] }`` or a plain
+value (fixed). Per-layer parameters exist only up to the sampled depth (Optuna's define-by-run makes them
+conditional). Constraints: ``max_params``, ``min_params``, ``max_macs`` (compute per image: keeps trials affordable
+on a CPU). A ``[recipe]`` table opens up training (absent keys: the report's protocol): optimizer (adamw | sgd), lr,
+weight_decay, momentum, batch_size, schedule (constant | cosine | onecycle), warmup_epochs, label_smoothing, and the
+augmentation crop (padding), flip, erase (probability). ``[optimizer]`` is the older name of the same table.
+See ``studies/*.toml`` and ``examples/small_cnn.toml``.
 """
 
 from __future__ import annotations
@@ -24,21 +22,32 @@ from typing import Any
 import optuna
 
 from archsearch.core.errors import UserError
-from archsearch.core.protocol import REPORT_PROTOCOL
+from archsearch.core.protocol import OPTIMIZERS, REPORT_PROTOCOL, SCHEDULES, Augment, Protocol, ProtocolError
 from archsearch.core.resources import read_toml, studies_dir
-from archsearch.models import ACTIVATIONS, Conv, Layer, Pool, Spec, SpecError, cnn, count_params, macs_per_sample, mlp
+from archsearch.core.shapes import FASHION_MNIST_SHAPE, Shape
+from archsearch.models import NUM_CLASSES, Spec, SpecError, count_params, macs_per_sample
 from archsearch.study.report import ReportRow
+from archsearch.study.space_kinds import KINDS
 
-__all__ = ["BUILTIN_SPACES", "Param", "Space", "SpaceError", "load_space", "parse_space", "spec_or_reason"]
+__all__ = [
+    "BUILTIN_SPACES",
+    "RECIPE_KEYS",
+    "Param",
+    "Space",
+    "SpaceError",
+    "load_space",
+    "parse_space",
+    "spec_or_reason",
+]
 
-BUILTIN_SPACES = ("mlp", "cnn")
-_KEYS = {
-    "mlp": {"depth", "width", "shape", "activation"},
-    "cnn": {"blocks", "channels", "kernel", "padding", "pool", "fc_depth", "fc_width", "activation"},
-}
-_COMMON = {"kind", "name", "description", "max_params", "min_params", "max_macs", "optimizer"}
-_OPTIMIZER = {"lr", "weight_decay", "batch_size"}
-SHAPES = ("free", "constant", "funnel", "hourglass")
+BUILTIN_SPACES = ("mlp", "cnn", "resnet")
+_COMMON = {"kind", "name", "description", "max_params", "min_params", "max_macs", "recipe", "optimizer"}
+_AUGMENT = ("crop", "flip", "erase")
+RECIPE_KEYS = (
+    "optimizer", "lr", "weight_decay", "momentum", "batch_size", "schedule", "warmup_epochs", "label_smoothing",
+    *_AUGMENT,
+)  # fmt: skip
+_RECIPE_ALLOWED: dict[str, tuple[Any, ...]] = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "flip": (False, True)}
 
 
 class SpaceError(UserError):
@@ -74,15 +83,21 @@ class Param:
             return bool(value == self.fixed)
         return bool(self.low <= value <= self.high)
 
+    def values(self) -> tuple[Any, ...]:
+        """The values it can take where they are listed (choices, a fixed value); () for a range."""
+        return self.choices if self.choices is not None else (self.fixed,) if self.low is None else ()
+
     def grid(self) -> list[Any] | None:
         """Every value, for the grid sampler; None if the parameter is continuous."""
-        if self.choices is not None:
-            return list(self.choices)
         if self.low is None or self.high is None:
-            return [self.fixed]
+            return list(self.values())
         if isinstance(self.low, int) and isinstance(self.high, int) and not self.log:
             return list(range(self.low, self.high + 1, int(self.step or 1)))
         return None
+
+
+def _default(name: str, value: Any) -> Param:
+    return Param(name, choices=value) if isinstance(value, tuple) else Param(name, fixed=value)
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,7 @@ class Space:
     name: str
     kind: str
     params: dict[str, Param]
-    optimizer: dict[str, Param] = field(default_factory=dict)
+    recipe: dict[str, Param] = field(default_factory=dict)
     max_params: int | None = None
     min_params: int | None = None
     max_macs: int | None = None
@@ -98,84 +113,58 @@ class Space:
     text: str = field(default="", repr=False)
 
     def sample(self, trial: optuna.Trial) -> tuple[Spec, dict[str, Any]]:
-        """Suggest this space's parameters on ``trial``: the spec and optimiser overrides (may raise SpecError)."""
-        p = self.params
-        spec: Spec
-        if self.kind == "mlp":
-            depth = int(p["depth"].suggest(trial))
-            shape = p["shape"].suggest(trial) if depth >= 2 else "free"
-            if shape == "free":
-                widths = [int(p["width"].suggest(trial, f"width_{i + 1}")) for i in range(depth)]
-            else:
-                widths = _shaped(shape, int(p["width"].suggest(trial, "width_1")) if depth else 0, depth)
-            spec = mlp(widths, str(p["activation"].suggest(trial)))
-        else:
-            layers: list[Layer] = []
-            for i in range(int(p["blocks"].suggest(trial))):
-                channels = int(p["channels"].suggest(trial, f"channels_{i + 1}"))
-                kernel = int(p["kernel"].suggest(trial, f"kernel_{i + 1}"))
-                padding = p["padding"].suggest(trial, f"padding_{i + 1}")
-                pool = p["pool"].suggest(trial, f"pool_{i + 1}")
-                layers.append(Conv(channels, kernel, padding=kernel // 2 if padding == "same" else 0))
-                if pool != "none":
-                    layers.append(Pool(2, pool))
-            fc = [
-                int(p["fc_width"].suggest(trial, f"fc_width_{j + 1}")) for j in range(int(p["fc_depth"].suggest(trial)))
-            ]
-            spec = cnn(layers, fc, str(p["activation"].suggest(trial)))
-        overrides = {key: param.suggest(trial, key) for key, param in self.optimizer.items()}
-        return spec, overrides
+        """Suggest this space's parameters on ``trial``: the spec and the recipe's values (may raise SpecError)."""
 
-    def violation(self, spec: Spec) -> str | None:
+        def suggest(key: str, name: str | None = None) -> Any:
+            return self.params[key].suggest(trial, name)
+
+        spec = KINDS[self.kind].sample(suggest)
+        return spec, {key: param.suggest(trial, key) for key, param in self.recipe.items()}
+
+    def protocol(self, base: Protocol, values: dict[str, Any]) -> Protocol:
+        """``base`` with the recipe's sampled ``values``; an impossible combination is a ProtocolError."""
+        augment = {k: values[k] for k in _AUGMENT if k in values}
+        rest = {k: v for k, v in values.items() if k not in _AUGMENT}
+        for key in ("batch_size",):
+            if key in rest:
+                rest[key] = int(rest[key])
+        if augment:
+            current = base.augment
+            rest["augment"] = Augment(
+                crop=int(augment.get("crop", current.crop)),
+                flip=bool(augment.get("flip", current.flip)),
+                erase=float(augment.get("erase", current.erase)),
+            )
+        return base.with_(**rest)
+
+    def violation(self, spec: Spec, shape: Shape = FASHION_MNIST_SHAPE, classes: int = NUM_CLASSES) -> str | None:
         """Why ``spec`` breaks a constraint, or None."""
-        n = count_params(spec)
+        n = count_params(spec, shape, classes)
         if self.max_params is not None and n > self.max_params:
             return f"{n:,} parameters > max_params {self.max_params:,}"
         if self.min_params is not None and n < self.min_params:
             return f"{n:,} parameters < min_params {self.min_params:,}"
-        macs = macs_per_sample(spec)
+        macs = macs_per_sample(spec, shape, classes)
         if self.max_macs is not None and macs > self.max_macs:
             return f"{macs:,} multiply-accumulates per image > max_macs {self.max_macs:,}"
         return None
 
     def report_params(self, row: ReportRow) -> dict[str, Any] | None:
-        """The parameters that make this space sample ``row``'s architecture, or None if it does not fit."""
-        spec, p = row.spec, self.params
+        """The parameters that make this space sample ``row``'s architecture with the report's protocol, or None if
+        it does not fit."""
+        values = KINDS[self.kind].report_values(row.spec)
+        if values is None or self.violation(row.spec):
+            return None
+        per_layer = KINDS[self.kind].per_layer
         out: dict[str, Any] = {}
-        if spec.kind == "mlp" and self.kind == "mlp":
-            out["depth"] = spec.depth
-            if spec.depth >= 2:
-                out["shape"] = "free"
-            out.update({f"width_{i + 1}": w for i, w in enumerate(spec.hidden)})
-            checks = [("depth", spec.depth), *(("width", w) for w in spec.hidden), ("activation", spec.activation)]
-            if spec.depth >= 2:
-                checks.append(("shape", "free"))
-        elif spec.kind == "cnn" and self.kind == "cnn":
-            blocks: list[dict[str, Any]] = []
-            for layer in spec.trunk:
-                if type(layer) is Conv and layer.stride == 1 and not layer.norm:
-                    pad = "same" if layer.padding == layer.kernel // 2 and layer.padding else "valid"
-                    blocks.append({"channels": layer.channels, "kernel": layer.kernel, "padding": pad, "pool": "none"})
-                elif isinstance(layer, Pool) and blocks and blocks[-1]["pool"] == "none" and layer.size == 2:
-                    blocks[-1]["pool"] = layer.mode
-                else:
-                    return None
-            out["blocks"] = len(blocks)
-            checks = [("blocks", len(blocks)), ("fc_depth", len(spec.hidden)), ("activation", spec.activation)]
-            for i, b in enumerate(blocks):
-                for key, value in b.items():
-                    out[f"{key}_{i + 1}"] = value
-                    checks.append((key, value))
-            out["fc_depth"] = len(spec.hidden)
-            out.update({f"fc_width_{j + 1}": w for j, w in enumerate(spec.hidden)})
-            checks += [("fc_width", w) for w in spec.hidden]
-        else:
-            return None
-        out["activation"] = spec.activation
-        if not all(p[key].admits(value) for key, value in checks) or self.violation(spec):
-            return None
-        for key, param in self.optimizer.items():  # the report's optimiser settings, where the space admits them
-            value = getattr(REPORT_PROTOCOL, key)
+        for name, value in values.items():
+            key = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[0] in per_layer else name
+            if not self.params[key].admits(value):
+                return None
+            if self.params[key].choices is not None or self.params[key].low is not None:  # suggested, not fixed
+                out[name] = value
+        for key, param in self.recipe.items():  # the report's protocol, where the space admits it
+            value = getattr(REPORT_PROTOCOL.augment if key in _AUGMENT else REPORT_PROTOCOL, key)
             if not param.admits(value):
                 return None
             out[key] = value
@@ -184,9 +173,8 @@ class Space:
     def grid(self) -> dict[str, list[Any]]:
         """The grid sampler's search space (every parameter name that can occur); SpaceError if not finite."""
         grid: dict[str, list[Any]] = {}
-        per_layer = {"width": "depth", "channels": "blocks", "kernel": "blocks", "padding": "blocks", "pool": "blocks"}
-        per_layer["fc_width"] = "fc_depth"
-        for key, param in {**self.params, **self.optimizer}.items():
+        per_layer = KINDS[self.kind].per_layer
+        for key, param in {**self.params, **self.recipe}.items():
             values = param.grid()
             if values is None:
                 raise SpaceError(f"{self.source}: the grid sampler needs a finite space; '{key}' is continuous or log")
@@ -197,15 +185,6 @@ class Space:
             else:
                 grid[key] = values
         return grid
-
-
-def _shaped(shape: str, width: int, depth: int) -> list[int]:
-    if shape == "constant":
-        return [width] * depth
-    if shape == "funnel":  # halve layer by layer, like the report's row 13
-        return [max(1, width >> i) for i in range(depth)]
-    # hourglass: narrow towards the middle and widen again (encoder-decoder, the report's rows 14 and 15)
-    return [max(1, width >> min(i, depth - 1 - i)) for i in range(depth)]
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -236,40 +215,23 @@ def _param(name: str, value: Any, where: str) -> Param:
     return Param(name, low, high, bool(value.get("log", False)), value.get("step"))
 
 
-_DEFAULTS: dict[str, dict[str, Param]] = {
-    "mlp": {
-        "depth": Param("depth", 1, 1),
-        "width": Param("width", 128, 128),
-        "shape": Param("shape", choices=("free",)),
-        "activation": Param("activation", choices=("relu",)),
-    },
-    "cnn": {
-        "blocks": Param("blocks", 2, 2),
-        "channels": Param("channels", 16, 16),
-        "kernel": Param("kernel", choices=(5,)),
-        "padding": Param("padding", choices=("valid",)),
-        "pool": Param("pool", choices=("max",)),
-        "fc_depth": Param("fc_depth", 1, 1),
-        "fc_width": Param("fc_width", 64, 64),
-        "activation": Param("activation", choices=("relu",)),
-    },
-}
-_ALLOWED = {
-    "shape": SHAPES,
-    "activation": ACTIVATIONS,
-    "padding": ("valid", "same"),
-    "pool": ("max", "avg", "none"),
-}
-_POSITIVE = {"depth": 0, "width": 1, "blocks": 1, "channels": 1, "kernel": 1, "fc_depth": 0, "fc_width": 1}
-
-
 def load_space(name_or_path: str) -> Space:
-    """A built-in space by name (``mlp``, ``cnn``) or a TOML file."""
+    """A built-in space by name (``mlp``, ``cnn``, ``resnet``) or a TOML file."""
     path = studies_dir() / f"{name_or_path}.toml" if name_or_path in BUILTIN_SPACES else Path(name_or_path)
     if name_or_path not in BUILTIN_SPACES and path.suffix != ".toml":
         raise SpaceError(f"unknown space {name_or_path!r}: use one of {', '.join(BUILTIN_SPACES)} or a .toml file")
     read_toml(path)  # file and syntax errors, with the path in the message
     return parse_space(path.read_text(), str(path), path.stem)
+
+
+def _check_values(key: str, param: Param, allowed: tuple[Any, ...] | None, minimum: int | None, where: str) -> None:
+    values = param.values()
+    if allowed is not None and any(v not in allowed for v in values):
+        raise SpaceError(f"{where}: '{key}' values must be among {', '.join(map(str, allowed))}")
+    if minimum is not None:
+        nums = [*values, *(v for v in (param.low, param.high) if v is not None)]
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in nums):
+            raise SpaceError(f"{where}: '{key}' must be integers >= {minimum}")
 
 
 def parse_space(text: str, source: str, default_name: str) -> Space:
@@ -283,54 +245,68 @@ def parse_space(text: str, source: str, default_name: str) -> Space:
         line = _line_of(text, key)
         return f"{source}:{line}" if line else source
 
-    kind = data.get("kind")
-    if kind not in _KEYS:
-        raise SpaceError(f"{where('kind')}: key 'kind' must be 'mlp' or 'cnn', got {kind!r}")
+    kind_name = data.get("kind")
+    if kind_name not in KINDS:
+        raise SpaceError(f"{where('kind')}: key 'kind' must be one of {', '.join(KINDS)}, got {kind_name!r}")
+    kind = KINDS[kind_name]
     for key in data:
-        if key not in _KEYS[kind] | _COMMON:
-            known = ", ".join(sorted(_KEYS[kind] | _COMMON))
-            raise SpaceError(f"{where(key)}: unknown key '{key}' for a {kind} space (known: {known})")
-    params = dict(_DEFAULTS[kind])
-    for key in _KEYS[kind] & set(data):
+        if key not in set(kind.keys) | _COMMON:
+            known = ", ".join(sorted(set(kind.keys) | _COMMON))
+            raise SpaceError(f"{where(key)}: unknown key '{key}' for a {kind_name} space (known: {known})")
+    params = {key: _default(key, value) for key, value in kind.keys.items()}
+    for key in set(kind.keys) & set(data):
         param = _param(key, data[key], where(key))
-        allowed = _ALLOWED.get(key)
-        values = param.choices if param.choices is not None else (param.fixed,) if param.low is None else ()
-        if allowed is not None and any(v not in allowed for v in values):
-            raise SpaceError(f"{where(key)}: '{key}' values must be among {', '.join(map(str, allowed))}")
-        if key in _POSITIVE:
-            nums = [*values, *(v for v in (param.low, param.high) if v is not None)]
-            if any(not isinstance(v, int) or isinstance(v, bool) or v < _POSITIVE[key] for v in nums):
-                raise SpaceError(f"{where(key)}: '{key}' must be integers >= {_POSITIVE[key]}")
+        _check_values(key, param, kind.allowed.get(key), kind.minimum.get(key), where(key))
         params[key] = param
-    optimizer: dict[str, Param] = {}
-    opt = data.get("optimizer", {})
-    if not isinstance(opt, dict):
-        raise SpaceError(f"{where('optimizer')}: 'optimizer' must be a table")
-    for key, value in opt.items():
-        if key not in _OPTIMIZER:
-            raise SpaceError(f"{where(key)}: unknown optimizer key '{key}' (known: {', '.join(sorted(_OPTIMIZER))})")
-        optimizer[key] = _param(key, value, where(key))
+    if "dropout" in data and any(not 0 <= float(v) < 1 for v in params["dropout"].values()):
+        raise SpaceError(f"{where('dropout')}: 'dropout' must be in [0, 1)")
+    if "recipe" in data and "optimizer" in data:
+        raise SpaceError(f"{where('optimizer')}: give [recipe] or its older name [optimizer], not both")
+    table_name = "recipe" if "recipe" in data else "optimizer"
+    table = data.get(table_name, {})
+    if not isinstance(table, dict):
+        raise SpaceError(f"{where(table_name)}: '{table_name}' must be a table")
+    recipe: dict[str, Param] = {}
+    for key, value in table.items():
+        if key not in RECIPE_KEYS:
+            raise SpaceError(f"{where(key)}: unknown recipe key '{key}' (known: {', '.join(RECIPE_KEYS)})")
+        recipe[key] = _param(key, value, where(key))
+        _check_values(key, recipe[key], _RECIPE_ALLOWED.get(key), 1 if key == "batch_size" else None, where(key))
     for key in ("max_params", "min_params", "max_macs"):
         if key in data and (not isinstance(data[key], int) or data[key] < 1):
             raise SpaceError(f"{where(key)}: '{key}' must be a positive integer")
-    return Space(
+    space = Space(
         name=str(data.get("name", default_name)),
-        kind=kind,
+        kind=kind_name,
         params=params,
-        optimizer=optimizer,
+        recipe=recipe,
         max_params=data.get("max_params"),
         min_params=data.get("min_params"),
         max_macs=data.get("max_macs"),
         source=source,
         text=text,
     )
+    _check_recipe(space, where)
+    return space
 
 
-def spec_or_reason(space: Space, trial: optuna.Trial) -> tuple[Spec | None, dict[str, Any], str | None]:
+def _check_recipe(space: Space, where: Any) -> None:
+    """Every listed recipe value must make a valid protocol (a range's bounds stand for the range)."""
+    for key, param in space.recipe.items():
+        for value in (*param.values(), *(v for v in (param.low, param.high) if v is not None)):
+            try:
+                space.protocol(REPORT_PROTOCOL, {key: value})
+            except ProtocolError as err:
+                raise SpaceError(f"{where(key)}: {err}") from None
+
+
+def spec_or_reason(
+    space: Space, trial: optuna.Trial, shape: Shape = FASHION_MNIST_SHAPE, classes: int = NUM_CLASSES
+) -> tuple[Spec | None, dict[str, Any], str | None]:
     """Sample; an invalid or constraint-breaking architecture comes back as a reason instead of a spec."""
     try:
-        spec, overrides = space.sample(trial)
-        spec.check()
+        spec, values = space.sample(trial)
+        spec.check(shape)
     except SpecError as err:
         return None, {}, f"invalid architecture: {err}"
-    return spec, overrides, space.violation(spec)
+    return spec, values, space.violation(spec, shape, classes)

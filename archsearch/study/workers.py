@@ -136,7 +136,7 @@ def run_worker(
         return {"study": study_name, "kind": kind, "trained": len(stats.trained), "failed": len(stats.failed)}
     if kind == "search":
         study, space, scfg = search.load_search_study(storage, study_name)
-        data = load_dataset(data_dir, val_size=scfg.val_size, split_seed=scfg.seed, device=device)
+        data = scfg.load_data(data_dir, device)
         ran = search.run_search(
             study, space, scfg, data, device=device, threads=threads, hooks=hooks, artifact_store=artifact_store
         )

@@ -14,7 +14,7 @@ from archsearch.engine.steps.handwritten import (
     XSMM_MIN_WEIGHTS,
     FusedStep,
 )
-from archsearch.engine.steps.select import StepPlan, select_step
+from archsearch.engine.steps.select import StepPlan, applicable_plans, select_step
 from archsearch.models import FusedModel
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "GraphedStep",
     "Step",
     "StepPlan",
+    "applicable_plans",
     "build_step",
     "select_step",
 ]

@@ -20,6 +20,7 @@ supports is written on the kinds themselves (``Layer.accelerated`` in the layer 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,7 +32,7 @@ from archsearch.engine.native import conv, gemm
 from archsearch.engine.steps.handwritten import STREAM_BYTES
 from archsearch.models import Conv, Spec
 
-__all__ = ["StepPlan", "select_step"]
+__all__ = ["StepPlan", "applicable_plans", "select_step"]
 
 StepKind = Literal["autograd", "python", "c"]
 
@@ -117,6 +118,53 @@ def _native_conv(spec: Spec, shape: Shape, cpu: bool, threads: int) -> str | Non
     return None
 
 
+def applicable_plans(
+    spec: Spec,
+    protocol: Protocol,
+    *,
+    device: torch.device | str,
+    threads: int,
+    shape: Shape,
+    cuda_graphs: bool = True,
+) -> list[StepPlan]:
+    """Every plan that computes ``spec`` under ``protocol`` on ``device`` with ``threads`` CPU threads, fastest first:
+    the C step, the Python step (with the C conv where it applies, then without), autograd (likewise). The last is
+    always plain autograd, which computes everything. ``why_not`` of the first says why faster ones do not apply."""
+    device = torch.device(device)
+    cpu, one = device.type == "cpu", threads == 1
+    why: list[str] = []
+    plans: list[StepPlan] = []
+    graphs = False
+    if device.type == "cuda" and cuda_graphs:
+        stochastic = "dropout" in spec.kinds or protocol.augment.active
+        changing_lr = protocol.schedule != "constant" or protocol.warmup_epochs > 0
+        graphs = not stochastic and not changing_lr
+        if not graphs:
+            why.append("CUDA graphs: " + ("dropout or augmentation draws on the host" if stochastic else "lr changes"))
+    if (no_c := _c_step(spec, protocol, cpu)) is None:
+        # Streaming pays in the C step, whose groups of runs each run on one thread (see handwritten.py).
+        plans.append(StepPlan("c", xsmm=True, stream_bytes=STREAM_BYTES, groups=threads))
+    else:
+        why.append(no_c)
+    first_convs: list[Literal["torch", "native"]] = ["torch"]
+    if spec.kind == "cnn":
+        if (no_conv := _native_conv(spec, shape, cpu, threads)) is None:
+            first_convs.insert(0, "native")
+        else:
+            why.append(no_conv)
+    if (no_python := _python_step(spec, protocol, device)) is None:
+        # libxsmm's kernels are single-threaded, and streaming pays on one thread only: on more, each block's small
+        # kernels split badly (row 15: 0.7x at 2 threads), and a GPU would only see more, smaller kernel launches.
+        xsmm = cpu and one and gemm.libxsmm_available()
+        stream = STREAM_BYTES if cpu and one else None
+        plans += [StepPlan("python", first, xsmm, stream, graphs=graphs) for first in first_convs]
+    else:
+        why.append(no_python)
+    plans += [StepPlan("autograd", first, graphs=graphs) for first in first_convs]
+    plans[0] = dataclasses.replace(plans[0], why_not=tuple(why))
+    return plans
+
+
 def select_step(
     spec: Spec,
     protocol: Protocol,
@@ -127,31 +175,4 @@ def select_step(
     cuda_graphs: bool = True,
 ) -> StepPlan:
     """The fastest step that computes ``spec`` under ``protocol`` on ``device`` with ``threads`` CPU threads."""
-    device = torch.device(device)
-    cpu, one = device.type == "cpu", threads == 1
-    why: list[str] = []
-    graphs = False
-    if device.type == "cuda" and cuda_graphs:
-        stochastic = "dropout" in spec.kinds or protocol.augment.active
-        changing_lr = protocol.schedule != "constant" or protocol.warmup_epochs > 0
-        graphs = not stochastic and not changing_lr
-        if not graphs:
-            why.append("CUDA graphs: " + ("dropout or augmentation draws on the host" if stochastic else "lr changes"))
-    if (no_c := _c_step(spec, protocol, cpu)) is None:
-        # Streaming pays in the C step, whose groups of runs each run on one thread (see handwritten.py).
-        return StepPlan("c", xsmm=True, stream_bytes=STREAM_BYTES, groups=threads, why_not=tuple(why))
-    why.append(no_c)
-    first_conv: Literal["torch", "native"] = "torch"
-    if spec.kind == "cnn":
-        if (no_conv := _native_conv(spec, shape, cpu, threads)) is None:
-            first_conv = "native"
-        else:
-            why.append(no_conv)
-    if (no_python := _python_step(spec, protocol, device)) is None:
-        # libxsmm's kernels are single-threaded, and streaming pays on one thread only: on more, each block's small
-        # kernels split badly (row 15: 0.7x at 2 threads), and a GPU would only see more, smaller kernel launches.
-        xsmm = cpu and one and gemm.libxsmm_available()
-        stream = STREAM_BYTES if cpu and one else None
-        return StepPlan("python", first_conv, xsmm, stream, graphs=graphs, why_not=tuple(why))
-    why.append(no_python)
-    return StepPlan("autograd", first_conv, graphs=graphs, why_not=tuple(why))
+    return applicable_plans(spec, protocol, device=device, threads=threads, shape=shape, cuda_graphs=cuda_graphs)[0]
