@@ -19,12 +19,31 @@ from archsearch.core.protocol import LOSSES, OPTIMIZERS, REPORT_FIRST_SEED, REPO
 __all__ = ["app", "main"]
 
 app = typer.Typer(
-    help="Architecture and hyperparameter search for small PyTorch models on Fashion-MNIST.",
+    help="Architecture and hyperparameter search for small PyTorch models: reproduce the report's comparison on "
+    "Fashion-MNIST, search beyond it, export the best model.\n\nExample: archsearch reproduce --quick --out q",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish and PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from archsearch import __version__
+
+        console.print_lines([f"archsearch {__version__}"])
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Architecture and hyperparameter search for small PyTorch models."""
+
 
 P = REPORT_PROTOCOL  # every default below is the report's protocol (archsearch.core.protocol)
 
@@ -59,7 +78,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 DeviceOpt = Annotated[str | None, typer.Option(help="Torch device (cpu, cuda, cuda:1); default: CUDA if available.")]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option(help="Fashion-MNIST root (holds FashionMNIST/raw); default: $ARCHSEARCH_DATA or the user cache."),
+    typer.Option(
+        help="Data root (Fashion-MNIST: holds FashionMNIST/raw); default: $ARCHSEARCH_DATA or the user cache."
+    ),
+]
+DatasetOpt = Annotated[
+    str,
+    typer.Option(
+        help="fashion-mnist, mnist, kmnist, emnist-balanced, cifar10, cifar100, svhn, digits, or folder:PATH "
+        "(an image tree with one folder per class)."
+    ),
 ]
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads for torch; default: all usable cores.")]
 StorageOpt = Annotated[
@@ -98,7 +126,10 @@ def _parse_seeds(text: str) -> list[int]:
 
 @app.command()
 def models(json_: JsonOpt = False) -> None:
-    """List the report's 17 architectures with built and reported parameter counts."""
+    """List the report's 17 architectures with built and reported parameter counts.
+
+    Example: archsearch models --json
+    """
     from archsearch.study import report_rows
 
     rows = [row.to_dict() for row in report_rows()]
@@ -131,12 +162,16 @@ def train(
     crop: Annotated[int, typer.Option(help="Augmentation: random crop after padding by this many pixels.")] = 0,
     flip: Annotated[bool, typer.Option(help="Augmentation: random horizontal flip.")] = False,
     erase: Annotated[float, typer.Option(help="Augmentation: probability of random erasing.")] = 0.0,
+    dataset: DatasetOpt = "fashion-mnist",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Train one architecture outside Optuna and print its test metrics."""
+    """Train one architecture outside Optuna and print its test metrics.
+
+    Example: archsearch train cnn:6c5-p2-16c5-p2-fc128,64 --epochs 5 --seeds 42,43
+    """
     from archsearch.core.protocol import Protocol
     from archsearch.data import load_dataset
     from archsearch.engine import train as run_training
@@ -151,8 +186,10 @@ def train(
         "label_smoothing": label_smoothing, "augment": Augment(crop=crop, flip=flip, erase=erase),
     })  # fmt: skip
     dev = _runtime(threads, device)
-    data = load_dataset(data_dir, device=dev)
-    parsed.check(data.info.shape)
+    from archsearch.data import dataset_info
+
+    parsed.check(dataset_info(dataset).shape)  # a spec that cannot fit the images: refused before any loading
+    data = load_dataset(data_dir, dataset=dataset, device=dev)
     with console.bar(enabled=not json_) as bar:
         task = bar.add_task(f"train {parsed}", total=None)
         result = run_training(
@@ -194,7 +231,10 @@ def reproduce(
     threads: ThreadsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Reproduce the report's table as fixed Optuna trials; rerun to resume."""
+    """Reproduce the report's table as fixed Optuna trials; rerun to resume.
+
+    Example: archsearch reproduce --models 0,6,16 --runs 2 --epochs 5 --out results
+    """
     from archsearch.results import reproduction_lines, reproduction_tables
     from archsearch.study import ReproduceConfig, parse_indexes, reproduce_study
 
@@ -236,7 +276,10 @@ def search(
     objectives: Annotated[
         str, typer.Option(help="'accuracy' or 'accuracy,params' (maximise accuracy, minimise parameters).")
     ] = "accuracy",
-    val_size: Annotated[int, typer.Option(min=1, help="Validation images held out of the training set.")] = 10000,
+    val_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Validation images held out of the training set; default a sixth, at most 10,000."),
+    ] = None,
     train_size: Annotated[
         int | None, typer.Option(min=1, help="Train on this many of the other images (a cheaper screen).")
     ] = None,
@@ -254,6 +297,7 @@ def search(
     budgets: Annotated[
         str, typer.Option(help="Parameter budgets the summary (and the finalists) look at, comma-separated.")
     ] = "10000,44374,100000",
+    dataset: DatasetOpt = "fashion-mnist",
     storage: StorageOpt = None,
     study_name: StudyOpt = None,
     device: DeviceOpt = None,
@@ -261,7 +305,10 @@ def search(
     threads: ThreadsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Search an architecture space with Optuna; the objective is validation accuracy, never test."""
+    """Search an architecture space with Optuna; the objective is validation accuracy, never test.
+
+    Example: archsearch search --space cnn --n-trials 30 --epochs 5 --finalists 1 --final-epochs 20
+    """
     from archsearch.results import search_lines, search_tables
     from archsearch.study import FinalConfig, SearchConfig, load_space, search_study
 
@@ -274,6 +321,7 @@ def search(
         space=space, n_trials=n_trials, timeout=timeout, epochs=epochs, runs=runs, seed=seed,
         sampler=str(sampler), pruner=str(pruner), objectives=tuple(o.strip() for o in objectives.split(",")),
         val_size=val_size, train_size=train_size, include_report=include_report, budgets=budget_list,
+        dataset=dataset,
     )  # fmt: skip
     final = None
     if finalists:
@@ -304,13 +352,14 @@ def worker(
     threads: ThreadsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Join a study from any machine and train until it has nothing left to do."""
-    from archsearch.data import default_data_dir, ensure_raw_files
+    """Join a study from any machine and train until it has nothing left to do.
+
+    Example: archsearch worker --study search-cnn --storage postgresql://user:pw@host/db
+    """
     from archsearch.study import parse_indexes, run_worker
 
     rows = parse_indexes(models) if models else None
     dev = _runtime(threads, device)
-    ensure_raw_files(data_dir or default_data_dir())
     with console.bar(enabled=not json_) as bar:
         result = run_worker(
             storage, study, device=dev, data_dir=data_dir, hooks=console.trial_hooks(bar), models=rows, threads=threads
@@ -335,7 +384,10 @@ def export(
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Export a trial's trained model as safetensors + config.json, loadable without Optuna."""
+    """Export a trial's trained model as safetensors + config.json, loadable without Optuna.
+
+    Example: archsearch export --study search-cnn --out best
+    """
     from archsearch.study import ParetoChoiceNeeded, export_trial
 
     try:
@@ -361,7 +413,10 @@ def evaluate(
     threads: ThreadsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Rebuild an exported model and recompute its test metrics; they must equal the recorded ones."""
+    """Rebuild an exported model and recompute its test metrics; they must equal the recorded ones.
+
+    Example: archsearch evaluate best
+    """
     from archsearch.engine import torch_threads
     from archsearch.export import evaluate_checkpoint
 
@@ -384,7 +439,10 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Images (28x28 grayscale; others are resized).")],
     json_: JsonOpt = False,
 ) -> None:
-    """Classify images with an exported model."""
+    """Classify images with an exported model.
+
+    Example: archsearch predict best shoe.png shirt.png
+    """
     from archsearch.export import predict_images
 
     results = predict_images(directory, images)
@@ -405,7 +463,10 @@ def analyze(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write PNG plots and ANALYSIS.md here.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Effects of depth, parameter count and activation in a study; importances for searches."""
+    """Effects of depth, parameter count and activation in a study; importances for searches.
+
+    Example: archsearch analyze --study report --out analysis
+    """
     from archsearch.results import check_writable, format_tables, write_analysis
     from archsearch.study import analyze_study
 
@@ -430,7 +491,10 @@ def dashboard(
         Path | None, typer.Option(help="Trial weights' artifact store; default: beside the storage.")
     ] = None,
 ) -> None:
-    """Serve optuna-dashboard for the storage and its artifacts (weights)."""
+    """Serve optuna-dashboard for the storage and its artifacts (weights).
+
+    Example: archsearch dashboard --storage sqlite:///archsearch.db --port 8080
+    """
     import signal
 
     from archsearch.study import serve
@@ -441,6 +505,46 @@ def dashboard(
         storage, host=host, port=port, artifact_dir=artifact_dir,
         on_ready=lambda url: console.print_lines([f"optuna-dashboard: {url}  (Ctrl-C stops)"]),
     )  # fmt: skip
+
+
+EXTRAS = {"dashboard": "optuna_dashboard", "postgres": "psycopg", "onnx": "onnxscript", "digits": "sklearn"}
+
+
+@app.command()
+def doctor(json_: JsonOpt = False) -> None:
+    """What this installation trains with: torch, CUDA, the native kernels (or why torch computes instead), the step
+    each kind of model takes, where the data is, which optional extras are installed.
+
+    Example: archsearch doctor
+    """
+    import importlib.util
+
+    from archsearch import __version__
+    from archsearch.data import default_data_dir, describe_datasets
+    from archsearch.engine import describe_runtime
+
+    report: dict[str, Any] = {"archsearch": __version__, **describe_runtime()}
+    report["data_dir"] = str(default_data_dir())
+    report["datasets"] = describe_datasets(default_data_dir())
+    report["extras"] = {name: importlib.util.find_spec(module) is not None for name, module in EXTRAS.items()}
+    if json_:
+        console.emit_json(report)
+        return
+    lines = [
+        f"archsearch {report['archsearch']} · torch {report['torch']} · CUDA: {report['cuda'] or 'none'} · "
+        f"{report['cores']} usable core(s)",
+        f"products of the CPU steps: {report['products']}"
+        + (f" ({report['products_why_not']})" if report["products_why_not"] else ""),
+        f"a CNN's first layer: {report['first_conv']}"
+        + (f" ({report['first_conv_why_not']})" if report["first_conv_why_not"] else ""),
+    ]
+    lines += [f"step for {label}: " + ", ".join(f"{k}: {v}" for k, v in by.items())
+              for label, by in report["steps_on_cpu"].items()]  # fmt: skip
+    lines.append(f"data: {report['data_dir']}")
+    for d in report["datasets"]:
+        lines.append(f"  {d['name']}: {'found' if d['present'] else 'missing — ' + d['how']}")
+    lines.append("extras: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in report["extras"].items()))
+    console.print_lines(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

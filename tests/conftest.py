@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# No test downloads anything: a missing dataset is an error here, whatever the network allows (subprocesses inherit it).
+os.environ["ARCHSEARCH_OFFLINE"] = "1"
+
 from archsearch.data import FILES, Dataset, load_dataset
 from archsearch.engine import torch_threads
 

@@ -128,3 +128,19 @@ def test_gemm_benchmark_compares_both_backends_on_every_product() -> None:
     bad = subprocess.run([sys.executable, str(script), "--rows", "99"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("bench_gemm.py: error: argument --rows: report rows are 0")
     assert bad.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_engine_benchmark_measures_both_trees_and_autograd() -> None:
+    """Plumbing only (timings are never asserted): this checkout as its own baseline, one row, one repeat."""
+    script = SCRIPT.with_name("bench_engine.py")
+    root = SCRIPT.parent.parent
+    cmd = [sys.executable, str(script), "--rows", "0", "--steps", "201", "--repeats", "1", "--baseline", str(root),
+           "--no-whole", "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["rows"]
+    for key in ("before_workers", "before_process", "after_workers", "after_process", "autograd_workers"):
+        assert row[key] > 0
+    bad = subprocess.run([sys.executable, str(script), "--baseline", "/nonexistent"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "holds no archsearch package" in bad.stderr

@@ -64,3 +64,34 @@ def test_train_report_model_6_one_epoch(capsys: pytest.CaptureFixture[str]) -> N
         assert 0.80 <= test["accuracy"] <= 0.90  # one epoch of a 128-unit MLP: sensible, not perfect
         assert abs(test["recall"] - test["accuracy"]) < 1e-6
         assert len(test["confusion_matrix"]) == 10
+
+
+def test_version_and_every_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    from archsearch import __version__
+    from archsearch.cli import app
+
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"archsearch {__version__}"
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__  # type: ignore[union-attr]
+        code, out, _ = run_cli(capsys, name, "--help")
+        assert code == 0 and "Example: archsearch" in out, name
+
+
+def test_doctor_says_what_trains_and_with_what(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "doctor", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["products"] in ("libxsmm", "torch") and report["first_conv"] in ("native", "torch")
+    assert (report["products_why_not"] is None) == (report["products"] == "libxsmm")
+    steps = report["steps_on_cpu"]["CNN with BatchNorm"]
+    assert set(steps.values()) == {"autograd"}  # no accelerator knows BatchNorm
+    assert set(report["extras"]) == {"dashboard", "postgres", "onnx", "digits"}
+
+
+def test_a_missing_extra_is_named(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
+    code, _, err = run_cli(capsys, "analyze", "--study", "x", "--storage", "postgresql://u:p@127.0.0.1:1/db")
+    assert code == 2 and "pip install 'archsearch[postgres]'" in err and len(err.strip().splitlines()) == 1

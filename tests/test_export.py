@@ -197,7 +197,7 @@ def test_a_failed_export_leaves_nothing(study_url: str, tmp_path: Path, monkeypa
 @pytest.mark.slow
 @pytest.mark.skipif(all(find_spec(m) for m in ("onnx", "onnxscript")), reason="onnx is installed")
 def test_onnx_without_onnx_says_what_to_install(study_url: str, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="pip install onnx onnxscript"):
+    with pytest.raises(UserError, match=r"pip install 'archsearch\[onnx\]'"):
         export_trial(study_url, "report-e1-r2", tmp_path / "a", 0, formats=["onnx"])
     assert not (tmp_path / "a").exists()
 

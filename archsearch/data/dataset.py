@@ -14,9 +14,14 @@ from typing import Any
 
 import torch
 
+from archsearch.core.errors import UserError
 from archsearch.core.shapes import FASHION_MNIST_SHAPE, Shape
 
-__all__ = ["FASHION_MNIST", "Dataset", "DatasetInfo", "as_float", "split_training"]
+__all__ = ["FASHION_MNIST", "DataError", "Dataset", "DatasetInfo", "as_float", "split_training"]
+
+
+class DataError(UserError):
+    """A dataset is missing, corrupt, or cannot be split as asked: the user can fix it (the message says how)."""
 
 
 def as_float(images: torch.Tensor) -> torch.Tensor:
@@ -52,6 +57,16 @@ class DatasetInfo:
         """Stored images to a model's input: float in [0, 1], then normalised."""
         norm = self.normalizer(device)
         return as_float if norm is None else (lambda x: norm(as_float(x)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetInfo:
+        """The inverse of ``to_dict`` (a checkpoint's config.json, a trial's record)."""
+        c, h, w = data["shape"]
+        mean, std = data.get("mean"), data.get("std")
+        return cls(
+            str(data["name"]), Shape(int(c), int(h), int(w)), tuple(map(str, data["classes"])),
+            tuple(map(float, mean)) if mean is not None else None, tuple(map(float, std)) if std is not None else None,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,13 +113,11 @@ def split_training(
     whatever ``train_size`` is; ``train_size`` keeps only that many of the rest (a cheaper, lower-fidelity trial on
     fewer images, judged on the same validation set). Indices are sorted: a split keeps the stored order.
     """
-    from archsearch.core.errors import UserError
-
     n = len(y)
     if val_size and not 0 < val_size < n:
-        raise UserError(f"validation size must be between 1 and {n - 1}, got {val_size}")
+        raise DataError(f"validation size must be between 1 and {n - 1}, got {val_size}")
     if train_size is not None and not 0 < train_size <= n - val_size:
-        raise UserError(f"training size must be between 1 and {n - val_size}, got {train_size}")
+        raise DataError(f"training size must be between 1 and {n - val_size}, got {train_size}")
     if not val_size and train_size is None:
         return x, y, None
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -14,7 +14,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import struct
 import tempfile
 from collections.abc import Mapping
 from dataclasses import replace
@@ -22,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from archsearch.core.errors import UserError
-from archsearch.data.dataset import FASHION_MNIST, Dataset, split_training
+from archsearch.data.dataset import FASHION_MNIST, DataError, Dataset, split_training
+from archsearch.data.idx import check_idx
 
 __all__ = [
     "CLASSES",
@@ -51,10 +50,6 @@ HOW_TO_GET = (
 )
 
 
-class DataError(UserError):
-    """Fashion-MNIST is missing or corrupt."""
-
-
 def default_data_dir() -> Path:
     """``ARCHSEARCH_DATA`` if set, else the user cache directory (``$XDG_CACHE_HOME/archsearch``)."""
     if env := os.environ.get("ARCHSEARCH_DATA"):
@@ -67,31 +62,13 @@ def _raw_dir(root: Path) -> Path:
     return root / "FashionMNIST" / "raw"
 
 
-def _check_idx(path: Path) -> None:
-    """Structural check: IDX magic number, and a file size that matches the dimensions in its header."""
-    with path.open("rb") as f:
-        header = f.read(16)
-    images = "images" in path.name
-    need = 16 if images else 8
-    if len(header) < need:
-        raise DataError(f"corrupt Fashion-MNIST file {path}: truncated header; delete it and {HOW_TO_GET}")
-    magic, count = struct.unpack(">II", header[:8])
-    if magic != (2051 if images else 2049):
-        raise DataError(f"corrupt Fashion-MNIST file {path}: bad IDX magic number {magic}; delete it and {HOW_TO_GET}")
-    rows, cols = struct.unpack(">II", header[8:16]) if images else (1, 1)
-    if path.stat().st_size != need + count * rows * cols:
-        raise DataError(
-            f"corrupt Fashion-MNIST file {path}: size does not match its header; delete it and {HOW_TO_GET}"
-        )
-
-
 def verify_raw_files(raw: Path, checksums: Mapping[str, str] | None = FILES) -> None:
     """Raise ``DataError`` unless all four IDX files are present, well-formed and (if given) match their checksums."""
     for name in FILES:
         path = raw / name
         if not path.is_file():
             raise DataError(f"Fashion-MNIST file {path} is missing; {HOW_TO_GET}")
-        _check_idx(path)
+        check_idx(path, what="Fashion-MNIST", how=HOW_TO_GET)
         if checksums is not None:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest != checksums[name]:

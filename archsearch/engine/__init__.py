@@ -6,6 +6,7 @@ from archsearch.engine.loop import EpochReport, RunResult, TrainResult, noise_ge
 from archsearch.engine.runtime import (
     check_backends,
     default_device,
+    describe_runtime,
     on_device,
     resolve_device,
     torch_threads,
@@ -21,6 +22,7 @@ __all__ = [
     "TrainResult",
     "check_backends",
     "default_device",
+    "describe_runtime",
     "noise_generator",
     "on_device",
     "resolve_device",

@@ -14,6 +14,7 @@ from archsearch.core.errors import UserError
 __all__ = [
     "check_backends",
     "default_device",
+    "describe_runtime",
     "on_device",
     "resolve_device",
     "torch_threads",
@@ -59,6 +60,48 @@ def check_backends() -> dict[str, str]:
     from archsearch.engine.native import conv, gemm
 
     return {"products": gemm.backend(), "first_conv": conv.backend()}
+
+
+def describe_runtime() -> dict[str, object]:
+    """What training here runs on and through: torch, CUDA, cores, the native backends (and why not, where torch
+    computes instead), and the step each kind of model takes on one thread and on every core (``archsearch
+    doctor``)."""
+    from archsearch.core.protocol import REPORT_PROTOCOL
+    from archsearch.core.shapes import FASHION_MNIST_SHAPE
+    from archsearch.engine.native import conv, gemm
+    from archsearch.engine.native.loader import WHY_NOT, cache_dir
+    from archsearch.engine.steps import select_step
+    from archsearch.models import parse_spec
+
+    backends = check_backends()
+    cuda = torch.cuda.is_available()
+    examples = {
+        "ReLU MLP (report row 6)": "mlp:128-relu",
+        "tanh MLP (report row 2)": "mlp:128-tanh",
+        "the report's CNN (row 16)": "cnn:6c5-p2-16c5-p2-fc128,64",
+        "CNN with BatchNorm": "cnn:32c3p1-bn-p2-64c3p1-bn-gap-fc",
+    }
+    cores = usable_cores()
+    steps = {
+        label: {
+            f"{n} thread{'s' if n > 1 else ''}": select_step(
+                parse_spec(text), REPORT_PROTOCOL, device="cpu", threads=n, shape=FASHION_MNIST_SHAPE
+            ).name
+            for n in sorted({1, cores})
+        }
+        for label, text in examples.items()
+    }
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if cuda else None,
+        "cores": cores,
+        "products": backends["products"],
+        "products_why_not": WHY_NOT.get("ARCHSEARCH_GEMM") if backends["products"] == "torch" else None,
+        "first_conv": backends["first_conv"],
+        "first_conv_why_not": WHY_NOT.get("ARCHSEARCH_CONV") if backends["first_conv"] == "torch" else None,
+        "native_cache": str(cache_dir()) if gemm.libxsmm_available() or conv.available() else None,
+        "steps_on_cpu": steps,
+    }
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from torch import nn
 
 from archsearch.core.errors import UserError
 from archsearch.core.metrics import METRIC_NAMES, classification_metrics, predict_plain
-from archsearch.data import FASHION_MNIST, load_dataset
+from archsearch.data import FASHION_MNIST, DatasetInfo, load_dataset
 from archsearch.models import Spec, SpecError, build_model, parse_spec
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
     "check_state_dict",
+    "checkpoint_dataset",
     "evaluate_checkpoint",
     "load_checkpoint",
     "predict_images",
@@ -120,6 +121,17 @@ def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, where: st
             raise UserError(f"{where}: {key} is {got.dtype}, the spec's model needs {want.dtype}")
 
 
+def checkpoint_dataset(config: dict[str, Any]) -> DatasetInfo:
+    """The dataset a checkpoint was trained on, as its config records it (Fashion-MNIST for older checkpoints)."""
+    recorded = config.get("dataset")
+    if recorded is None:
+        return FASHION_MNIST
+    try:
+        return DatasetInfo.from_dict(recorded)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{CONFIG_FILE}: bad dataset record ({err})") from None
+
+
 def load_checkpoint(directory: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint directory: the plain model (CPU, eval mode) and its config. Raises ``UserError`` for a
     missing or invalid config, a weights file that is not safetensors, or weights that do not fit the spec."""
@@ -137,7 +149,8 @@ def load_checkpoint(directory: Path) -> tuple[nn.Module, dict[str, Any]]:
         state = load_file(str(weights), device="cpu")
     except Exception as err:  # safetensors' own error type (truncated file, bad offsets, …)
         raise UserError(f"{weights} is not a valid safetensors file: {err}") from None
-    model = build_model(spec)
+    info = checkpoint_dataset(config)
+    model = build_model(spec, info.shape, info.num_classes)
     check_state_dict(state, model, str(weights))
     metadata = header.get("__metadata__")
     recorded = metadata.get("spec") if isinstance(metadata, dict) else None
@@ -154,17 +167,23 @@ def load_checkpoint(directory: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def evaluate_checkpoint(directory: Path, data_dir: Path | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint on the Fashion-MNIST test set, beside the metrics recorded when it was trained.
+    """Evaluate a checkpoint on the test set of the dataset it was trained on, beside the metrics recorded then.
 
     ``matches_recorded`` is true when accuracy, precision, recall and F1 equal the recorded ones exactly: training
     computed them with the same plain model and the same chunked evaluation (``predict_plain``), so on the same
     kind of device they are bit-identical; a model trained on a GPU may differ in a few predictions on a CPU.
     """
     model, config = load_checkpoint(directory)
-    data = load_dataset(data_dir)
+    info = checkpoint_dataset(config)
+    data = load_dataset(data_dir, dataset=info.name)
+    if (data.info.shape, data.info.classes) != (info.shape, info.classes):
+        raise UserError(
+            f"the {info.name} found now ({data.info.shape}, {data.info.num_classes} classes) is not the one "
+            f"{directory} was trained on ({info.shape}, {info.num_classes} classes)"
+        )
     x, y = data.evals["test"]
-    preds = predict_plain([model], x, data.info.prep())[0]
-    metrics = classification_metrics(preds, y)
+    preds = predict_plain([model], x, info.prep())[0]
+    metrics = classification_metrics(preds, y, info.num_classes)
     recorded = (config.get("metrics") or {}).get("test") or {}
     differences = {
         name: {"evaluated": metrics[name], "recorded": recorded.get(name)}
@@ -184,28 +203,31 @@ def evaluate_checkpoint(directory: Path, data_dir: Path | None = None) -> dict[s
     }
 
 
-def _open_image(path: Path) -> tuple[torch.Tensor, list[str]]:
+def _open_image(path: Path, info: DatasetInfo) -> tuple[torch.Tensor, list[str]]:
+    """An image file as the model's input: the checkpoint's channels and size, scaled and normalised as its
+    dataset was (archsearch.data)."""
     from PIL import Image, UnidentifiedImageError
 
     warnings_: list[str] = []
+    c, h, w = info.shape.channels, info.shape.height, info.shape.width
     try:
         with Image.open(path) as img:
             img.load()
-            gray = img.convert("L")
+            gray = img.convert("L" if c == 1 else "RGB")
     except UnidentifiedImageError:
         raise UserError(f"cannot read image {path}: not an image format Pillow can read") from None
     except (OSError, Image.DecompressionBombError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise UserError(f"cannot read image {path}: {reason}") from None
-    if gray.size != (28, 28):
+    if gray.size != (w, h):
         warnings_.append(
-            f"resized from {gray.size[0]}x{gray.size[1]} to 28x28; the model only saw 28x28 Fashion-MNIST images"
+            f"resized from {gray.size[0]}x{gray.size[1]} to {w}x{h}; the model only saw {w}x{h} {info.name} images"
         )
-        gray = gray.resize((28, 28), Image.Resampling.BILINEAR)
-    pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).reshape(1, 28, 28)
-    x = pixels.float().div_(255.0)  # exactly as archsearch.data scales the dataset
-    border = torch.cat([x[0, 0], x[0, -1], x[0, :, 0], x[0, :, -1]])
-    if border.mean() > 0.5:
+        gray = gray.resize((w, h), Image.Resampling.BILINEAR)
+    pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).reshape(h, w, c).permute(2, 0, 1)
+    x = info.prep()(pixels.contiguous())  # exactly as archsearch.data scales (and normalises) the dataset
+    border = torch.cat([pixels[0, 0], pixels[0, -1], pixels[0, :, 0], pixels[0, :, -1]]).float() / 255
+    if info.name == FASHION_MNIST.name and border.mean() > 0.5:
         warnings_.append(
             "the background looks light; Fashion-MNIST images are light objects on black, so invert it first"
         )
@@ -213,13 +235,13 @@ def _open_image(path: Path) -> tuple[torch.Tensor, list[str]]:
 
 
 def predict_images(directory: Path, paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Classify image files with a checkpoint. Each image is read as grayscale and scaled to [0, 1]; other sizes
-    are resized to 28x28 with a warning. Returns per image its top class, probability and all 10 probabilities."""
+    """Classify image files with a checkpoint. Each image is read with the checkpoint's channels (grayscale or RGB)
+    and scaled as its dataset was; other sizes are resized with a warning. Returns per image its top class, its
+    probability and every class's."""
     model, config = load_checkpoint(directory)
-    classes = list(config.get("classes") or FASHION_MNIST.classes)
-    if len(classes) != len(FASHION_MNIST.classes):
-        classes = list(FASHION_MNIST.classes)
-    loaded = [(Path(p), *_open_image(Path(p))) for p in paths]  # read all first: a bad file fails before any work
+    info = checkpoint_dataset(config)
+    classes = list(info.classes)
+    loaded = [(Path(p), *_open_image(Path(p), info)) for p in paths]  # read all first: a bad file fails before any work
     results = []
     with torch.no_grad():
         for path, x, notes in loaded:

@@ -94,7 +94,10 @@ def serve(
     artifact directory that cannot be created); ``on_ready(url)`` is then called, which is where the CLI prints
     the URL, since ``run_server`` itself only returns when the server is gone.
     """
-    import optuna_dashboard
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise UserError("the dashboard needs optuna-dashboard: pip install 'archsearch[dashboard]'") from None
 
     from archsearch.study.storage import open_storage
 

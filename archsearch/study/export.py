@@ -41,7 +41,7 @@ from torch import nn
 
 from archsearch import __version__
 from archsearch.core.errors import UserError
-from archsearch.data import FASHION_MNIST
+from archsearch.data import FASHION_MNIST, DatasetInfo
 from archsearch.export.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, check_state_dict
 from archsearch.models import build_model, count_params, parse_spec
 from archsearch.study.artifacts import WEIGHTS_ATTR, artifact_store, read_trial_weights
@@ -52,16 +52,27 @@ __all__ = ["FORMATS", "ParetoChoiceNeeded", "export_trial"]
 FORMATS = ("torchscript", "onnx")
 _FORMAT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
 
-INPUT_DESCRIPTION: dict[str, Any] = {
-    "shape": [FASHION_MNIST.shape.channels, FASHION_MNIST.shape.height, FASHION_MNIST.shape.width],
-    "layout": "NCHW: a batch of (1, 28, 28) images; MLPs flatten it themselves",
-    "dtype": "float32",
-    "color": "grayscale, one channel",
-    "scaling": "uint8 pixel / 255, so values in [0, 1]",
-    "normalisation": "none (no mean/std)",
-    "convention": "Fashion-MNIST: a light object on a black (0) background, centred, 28x28",
-}
-OUTPUT_DESCRIPTION = "logits (N, 10) in the order of `classes`; softmax gives probabilities"
+
+def input_description(info: DatasetInfo) -> dict[str, Any]:
+    """How the model wants its input, in words and numbers (what `predict` and any other user must do)."""
+    s = info.shape
+    out: dict[str, Any] = {
+        "shape": [s.channels, s.height, s.width],
+        "layout": f"NCHW: a batch of ({s.channels}, {s.height}, {s.width}) images; MLPs flatten it themselves",
+        "dtype": "float32",
+        "color": "grayscale, one channel" if s.channels == 1 else f"{s.channels} channels (RGB)",
+        "scaling": "uint8 pixel / 255, so values in [0, 1]",
+        "normalisation": "none (no mean/std)"
+        if info.mean is None
+        else f"then (x - mean) / std per channel, mean {list(info.mean)}, std {list(info.std or ())}",
+    }
+    if info.name == FASHION_MNIST.name:
+        out["convention"] = "Fashion-MNIST: a light object on a black (0) background, centred, 28x28"
+    return out
+
+
+def _output_description(classes: int) -> str:
+    return f"logits (N, {classes}) in the order of `classes`; softmax gives probabilities"
 
 
 class ParetoChoiceNeeded(UserError):
@@ -129,8 +140,10 @@ def export_trial(
     if weights.spec != attrs.get("spec", weights.spec) or weights.seeds != list(attrs.get("seeds", weights.seeds)):
         raise UserError(f"weights artifact {artifact_id} does not belong to trial {trial.number} (spec/seeds differ)")
     spec = parse_spec(weights.spec)
+    recorded = attrs.get("dataset_info")
+    info = DatasetInfo.from_dict(recorded) if isinstance(recorded, dict) else FASHION_MNIST  # older trials: Fashion
     chosen, selection = _pick_seed(trial, weights.seeds, weights.diverged_seeds, seed)
-    model = build_model(spec)
+    model = build_model(spec, info.shape, info.num_classes)
     check_state_dict(weights.state_dict(chosen), model, f"weights artifact {artifact_id}")
     model.load_state_dict(weights.state_dict(chosen))
     model.eval()
@@ -139,13 +152,14 @@ def export_trial(
         "format_version": FORMAT_VERSION,
         "spec": str(spec),
         "spec_dict": spec.to_dict(),
-        "params": count_params(spec),
+        "params": count_params(spec, info.shape, info.num_classes),
         "seed": chosen,
         "selection": selection,
         "protocol": attrs.get("protocol"),
-        "input": INPUT_DESCRIPTION,
-        "output": OUTPUT_DESCRIPTION,
-        "classes": list(FASHION_MNIST.classes),
+        "dataset": info.to_dict(),
+        "input": input_description(info),
+        "output": _output_description(info.num_classes),
+        "classes": list(info.classes),
         "metrics": _seed_metrics(trial, weights.seeds, weights.diverged_seeds, chosen),
         "source": {
             "study": study_name,
@@ -164,7 +178,7 @@ def export_trial(
 
         save_file(state, str(tmp_dir / WEIGHTS_FILE), metadata=meta)
         for fmt in formats:
-            _write_format(fmt, model, tmp_dir / _FORMAT_FILES[fmt])
+            _write_format(fmt, model, tmp_dir / _FORMAT_FILES[fmt], info)
         (tmp_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     files = [CONFIG_FILE, WEIGHTS_FILE, *(_FORMAT_FILES[f] for f in formats)]
     return {"out": str(out_dir), "files": files, "config": config}
@@ -179,7 +193,7 @@ def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
         if fmt == "onnx":
             missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
             if missing:
-                raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install onnx onnxscript")
+                raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install 'archsearch[onnx]'")
         if fmt not in out:
             out.append(fmt)
     return tuple(out)
@@ -327,8 +341,8 @@ def _seed_metrics(trial: FrozenTrial, seeds: list[int], diverged: list[int], see
     return out
 
 
-def _write_format(fmt: str, model: nn.Module, path: Path) -> None:
-    s = FASHION_MNIST.shape
+def _write_format(fmt: str, model: nn.Module, path: Path, info: DatasetInfo) -> None:
+    s = info.shape
     example = torch.zeros(2, s.channels, s.height, s.width)
     if fmt == "torchscript":
         # TorchScript is deprecated upstream (FutureWarning) but still the easiest file for libtorch/C++ users.

@@ -93,6 +93,7 @@ def run_trial(
     for key, value in spec_attrs(spec, data).items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("dataset", data.info.name)
+    trial.set_user_attr("dataset_info", data.info.to_dict())  # what export writes into config.json
     trial.set_user_attr("seeds", list(seeds))
     trial.set_user_attr("protocol", protocol.to_dict())
 

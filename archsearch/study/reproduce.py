@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from archsearch.core.errors import UserError
 from archsearch.core.protocol import REPORT_FIRST_SEED, REPORT_PROTOCOL, REPORT_RUNS, Protocol
-from archsearch.data import Dataset, default_data_dir, ensure_raw_files, load_dataset
+from archsearch.data import Dataset, ensure_dataset, load_dataset
 from archsearch.results.compare import NOTES, compare
 from archsearch.results.files import check_writable
 from archsearch.results.reproduction import write_outputs
@@ -340,7 +340,7 @@ def reproduce_study(
     hooks = hooks or Hooks()
     if out_dir is not None:
         check_writable(out_dir)
-    ensure_raw_files(data_dir or default_data_dir())  # missing data fails before the study is touched
+    ensure_dataset(root=data_dir)  # missing data fails before the study is touched
     store = open_storage(storage_url)
     name = study_name or cfg.default_study_name()
     study = open_reproduce_study(store, name, cfg)

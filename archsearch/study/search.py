@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from archsearch.core.errors import UserError
 from archsearch.core.protocol import REPORT_PROTOCOL
-from archsearch.data import Dataset, default_data_dir, ensure_raw_files, load_dataset
+from archsearch.data import DEFAULT_DATASET, Dataset, dataset_info, ensure_dataset, load_dataset
 from archsearch.models import count_params
 from archsearch.study.artifacts import artifact_store
 from archsearch.study.finalists import DEFAULT_BUDGETS, FinalConfig, final_summary, run_finalists
@@ -63,8 +63,9 @@ class SearchConfig:
     sampler: str = "tpe"
     pruner: str = "median"
     objectives: tuple[str, ...] = ("accuracy",)
-    val_size: int = 10000
+    val_size: int | None = 10000  # None: a sixth of the training set, at most 10,000 (search_study decides)
     train_size: int | None = None  # train on this many of the other images (a cheaper, lower-fidelity screen)
+    dataset: str = DEFAULT_DATASET
     include_report: bool = False
     budgets: tuple[int, ...] = DEFAULT_BUDGETS
 
@@ -75,9 +76,12 @@ class SearchConfig:
 
     def load_data(self, data_dir: Any, device: Any) -> Dataset:
         """The search's data: the validation split (seeded with ``seed``), the training images, the test set."""
+        if self.val_size is None:
+            raise ValueError("the validation size is decided by search_study (val_size None)")
         return load_dataset(
-            data_dir, val_size=self.val_size, split_seed=self.seed, train_size=self.train_size, device=device
-        )
+            data_dir, dataset=self.dataset, val_size=self.val_size, split_seed=self.seed, train_size=self.train_size,
+            device=device,
+        )  # fmt: skip
 
     def study_meta(self, space: Space) -> dict[str, Any]:
         """What must stay the same across reruns of one study."""
@@ -89,6 +93,7 @@ class SearchConfig:
             "objectives": list(self.objectives),
             "epochs": self.epochs,
             "seeds": self.seeds,
+            **({"dataset": self.dataset} if self.dataset != DEFAULT_DATASET else {}),  # older studies: Fashion-MNIST
             "val_size": self.val_size,
             **({"train_size": self.train_size} if self.train_size is not None else {}),
             "split_seed": self.seed,
@@ -155,6 +160,11 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
     if meta is None:
         study.set_user_attr("archsearch", wanted)
         study.set_user_attr(SPACE_ATTR, {"text": space.text, "source": space.source, "name": space.name})
+    elif meta.get("dataset", DEFAULT_DATASET) != cfg.dataset:
+        raise UserError(
+            f"study {study_name!r} trains on {meta.get('dataset', DEFAULT_DATASET)}, not {cfg.dataset}: a study "
+            "cannot mix datasets; choose another --study-name"
+        )
     elif meta != wanted:
         raise UserError(f"study {study_name!r} was made with other settings ({meta}); choose another --study-name")
     # What a worker joining from another machine needs to run the same search (may change between reruns).
@@ -162,9 +172,10 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
     study.set_user_attr(RUN_ATTR, {**run, "budgets": list(cfg.budgets)})
     for number in fail_dead_trials(study):  # a dead worker's trial is tried again with the same parameters
         study.enqueue_trial(trial_key(study.trials[number]))
-    if cfg.include_report:
+    if cfg.include_report:  # those of the report's architectures that fit the space and the dataset's images
+        info = dataset_info(cfg.dataset)
         for row in report_rows():
-            params = space.report_params(row)
+            params = space.report_params(row, info.shape, info.num_classes)
             if params is not None:
                 study.enqueue_trial(params, user_attrs={"report_row": row.index}, skip_if_exists=True)
     return study
@@ -181,6 +192,7 @@ def load_search_study(storage: Any, study_name: str) -> tuple[optuna.Study, Spac
         space=kept["source"], n_trials=run["n_trials"], timeout=run["timeout"], epochs=meta["epochs"],
         runs=len(meta["seeds"]), seed=meta["split_seed"], sampler=run["sampler"], pruner=run["pruner"],
         objectives=tuple(meta["objectives"]), val_size=meta["val_size"], train_size=meta.get("train_size"),
+        dataset=meta.get("dataset", DEFAULT_DATASET),
     )  # fmt: skip
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(cfg, space), pruner=_pruner(cfg))
     for number in fail_dead_trials(study):
@@ -321,7 +333,10 @@ def search_study(
     summarise it all (:func:`search_summary`, ``ran_now``, and ``final``: :func:`final_summary`)."""
     hooks = hooks or Hooks()
     check_config(cfg, space)
-    ensure_raw_files(data_dir or default_data_dir())
+    ensure_dataset(cfg.dataset, data_dir)  # missing data fails before the study is touched
+    if cfg.val_size is None:  # a sixth of the training images (Fashion-MNIST's 60,000: 10,000), at most 10,000
+        n = len(load_dataset(data_dir, dataset=cfg.dataset).train_y)
+        cfg = dataclasses.replace(cfg, val_size=min(10000, n // 6))
     store = open_storage(storage_url)
     name = study_name or f"search-{space.name}"
     study = open_search_study(store, name, space, cfg)

@@ -149,11 +149,16 @@ class Space:
             return f"{macs:,} multiply-accumulates per image > max_macs {self.max_macs:,}"
         return None
 
-    def report_params(self, row: ReportRow) -> dict[str, Any] | None:
+    def report_params(
+        self, row: ReportRow, shape: Shape = FASHION_MNIST_SHAPE, classes: int = NUM_CLASSES
+    ) -> dict[str, Any] | None:
         """The parameters that make this space sample ``row``'s architecture with the report's protocol, or None if
-        it does not fit."""
+        it does not fit (the space, or images of ``shape``)."""
         values = KINDS[self.kind].report_values(row.spec)
-        if values is None or self.violation(row.spec):
+        try:
+            if values is None or self.violation(row.spec.check(shape), shape, classes):
+                return None
+        except SpecError:
             return None
         per_layer = KINDS[self.kind].per_layer
         out: dict[str, Any] = {}

@@ -8,6 +8,7 @@ is gone is failed and re-queued at once, on every storage.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import warnings
@@ -65,6 +66,8 @@ def open_storage(url: str | None) -> BaseStorage:
         engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
+        if scheme in ("postgresql", "postgresql+psycopg") and importlib.util.find_spec("psycopg") is None:
+            raise UserError("PostgreSQL storage needs psycopg: pip install 'archsearch[postgres]'")
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and have been since v2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

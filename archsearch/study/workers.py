@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from archsearch.core.errors import UserError
-from archsearch.data import load_dataset
+from archsearch.data import ensure_dataset, load_dataset
 from archsearch.engine import usable_cores
 from archsearch.study.objective import Hooks
 
@@ -126,6 +126,7 @@ def run_worker(
         raise UserError(f"--models picks report rows; study {study_name!r} is not a reproduce study")
     artifact_store = make_store(storage_url) if kind in ("reproduce", "search") else None
     if kind == "reproduce":
+        ensure_dataset(root=data_dir)  # the report's Fashion-MNIST, checked before the study is touched
         study, rcfg = reproduce.load_reproduce_study(storage, study_name)
         if models is not None:
             rcfg = dataclasses.replace(rcfg, indexes=tuple(models))

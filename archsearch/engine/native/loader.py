@@ -24,7 +24,7 @@ from pathlib import Path
 
 from archsearch.core.errors import UserError
 
-__all__ = ["build", "cache_dir", "load"]
+__all__ = ["WHY_NOT", "build", "cache_dir", "load"]
 
 
 def cache_dir() -> Path:
@@ -81,6 +81,10 @@ def build(name: str, source: Path, *, flags: list[str], link: list[str], deps: l
     return target
 
 
+# Why a shim is not used, by setting (ARCHSEARCH_GEMM, ARCHSEARCH_CONV): what `archsearch doctor` says.
+WHY_NOT: dict[str, str] = {}
+
+
 def load(setting: str, required: str, make: Callable[[], Path | str]) -> ctypes.CDLL | None:
     """The shim that ``make`` builds (its path, or why not), loaded, as the environment variable ``setting`` allows:
     ``auto``, ``torch`` (None, nothing built) or ``required`` (a shim that cannot be built is a UserError)."""
@@ -88,10 +92,12 @@ def load(setting: str, required: str, make: Callable[[], Path | str]) -> ctypes.
     if choice not in ("auto", "torch", required):
         raise UserError(f"{setting} must be auto, torch or {required}, not {choice!r}")
     if choice == "torch":
+        WHY_NOT[setting] = f"{setting}=torch"
         return None
     path = make()
     if isinstance(path, str):  # why not: an error where the shim is required, else torch does the work
         if choice == required:
             raise UserError(f"{setting}={required}, but {path}")
+        WHY_NOT[setting] = path
         return None
     return ctypes.CDLL(str(path))
