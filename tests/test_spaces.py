@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from archsearch.core.errors import UserError
-from archsearch.models import count_params, macs_per_sample
+from archsearch.models import Conv, count_params, macs_per_sample
 from archsearch.study.report import report_rows
 from archsearch.study.spaces import SpaceError, load_space, spec_or_reason
 
@@ -150,3 +150,26 @@ def test_the_resnet_space_builds_residual_stages() -> None:
                          "dropout": 0.1, "activation": "relu"})  # fmt: skip
     spec, _, reason = spec_or_reason(space, study.ask())
     assert str(spec) == "cnn:16c3p1-bn-r16-bn-r32s2-bn-r32-bn-r64s2-bn-gap-fc-d0.1-relu" and reason is None
+
+
+def test_cnn_growth_double_asks_one_width_and_doubles_it_block_by_block(tmp_path: Path) -> None:
+    path = tmp_path / "doubling.toml"
+    path.write_text(
+        'kind = "cnn"\nblocks = { low = 2, high = 3 }\nchannels = { low = 4, high = 32 }\nkernel = 3\n'
+        'padding = "same"\npool = "max"\ngrowth = "double"\nhead = "gap"\nfc_depth = 0\n'
+    )
+    space = load_space(str(path))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask()
+        spec, _, reason = spec_or_reason(space, trial)
+        assert spec is not None and reason is None
+        convs = [layer.channels for layer in spec.trunk if isinstance(layer, Conv)]
+        assert convs == [trial.params["channels_1"] << i for i in range(trial.params["blocks"])]
+        assert not any(k.startswith("channels_") and k != "channels_1" for k in trial.params)
+        study.tell(trial, 0.0)
+    # the default is free, one width per block, as before; an unknown growth is one line naming the key
+    assert "growth" not in load_space("cnn").params or load_space("cnn").params["growth"].values() == ("free",)
+    path.write_text('kind = "cnn"\ngrowth = "triple"\n')
+    with pytest.raises(SpaceError, match="growth"):
+        load_space(str(path))

@@ -13,7 +13,7 @@ from archsearch.core.metrics import classification_metrics, predict_plain
 from archsearch.core.protocol import Protocol
 from archsearch.core.shapes import FASHION_MNIST_SHAPE
 from archsearch.data import Dataset, as_float
-from archsearch.engine import EpochReport, select_step, train
+from archsearch.engine import EpochReport, select_step, torch_threads, train
 from archsearch.engine.steps import FusedStep, build_step
 from archsearch.models import FusedModel, build_model, init_model, parse_spec
 from archsearch.study.report import report_rows
@@ -203,3 +203,14 @@ def test_recorded_metrics_are_the_plain_models_on_the_cpu(device: str, small_rea
     for r, run in enumerate(result.runs):
         (preds,) = predict_plain([result.model.unfuse(r).eval()], x, as_float)
         assert run.metrics["test"] == classification_metrics(preds, y)
+
+
+@pytest.mark.parametrize("arch", ["mlp:64-relu", "cnn:4c5-p2-fc16"])
+def test_a_runs_numbers_follow_its_arguments_not_the_ambient_thread_count(arch: str, small_real: Dataset) -> None:
+    """The path and the threads come from ``train``'s arguments (select_step), whatever torch was set to before."""
+    results = []
+    for ambient in (1, 2):
+        with torch_threads(ambient):
+            results.append(train(parse_spec(arch), [3], Protocol(epochs=1), small_real, threads=1, record_steps=True))
+    assert results[0].engine_step == results[1].engine_step
+    assert results[0].runs[0].step_losses == results[1].runs[0].step_losses

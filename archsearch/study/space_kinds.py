@@ -3,8 +3,9 @@ Optuna trial's values become a spec, and which values make the space sample one 
 
 mlp: depth, width (per layer), shape (free | constant | funnel | hourglass), norm, dropout, activation.
 cnn: blocks; per block channels, kernel, padding (valid | same), convs (1 or 2: VGG-style pairs), pool (max | avg |
-     stride: the block's last conv with stride 2 | none); norm, head (flatten | gap), fc_depth, fc_width (per fc
-     layer), dropout (before the output layer), activation.
+     stride: the block's last conv with stride 2 | none); growth (free: channels per block | double: the first
+     block's channels, doubled block by block as hand-made CNNs do); norm, head (flatten | gap), fc_depth,
+     fc_width (per fc layer), dropout (before the output layer), activation.
 resnet: stem (channels of a 3x3 stem conv), stages, blocks (residual blocks per stage), width (channels of the first
      stage; each further stage doubles them and halves the resolution with a strided block), norm, dropout,
      activation; the head is global average pooling.
@@ -99,8 +100,13 @@ def _report_mlp(spec: Spec) -> dict[str, Any] | None:
 def _sample_cnn(s: Suggest) -> Spec:
     norm = bool(s("norm"))
     layers: list[Layer] = []
-    for i in range(int(s("blocks"))):
-        channels = int(s("channels", f"channels_{i + 1}"))
+    blocks = int(s("blocks"))
+    # "double" asks one width instead of one per block: a search of a few dozen trials should not spend them on
+    # 58-8-4 channel funnels that no hand design would try
+    double = blocks >= 2 and s("growth") == "double"
+    first = int(s("channels", "channels_1"))
+    for i in range(blocks):
+        channels = first << i if double else first if i == 0 else int(s("channels", f"channels_{i + 1}"))
         kernel = int(s("kernel", f"kernel_{i + 1}"))
         pad = kernel // 2 if s("padding", f"padding_{i + 1}") == "same" else 0
         convs = int(s("convs", f"convs_{i + 1}"))
@@ -130,6 +136,8 @@ def _report_cnn(spec: Spec) -> dict[str, Any] | None:
         else:
             return None
     out: dict[str, Any] = {"blocks": len(blocks), "norm": False, "head": "flatten"}
+    if len(blocks) >= 2:
+        out["growth"] = "free"
     for i, block in enumerate(blocks):
         out.update({f"{key}_{i + 1}": value for key, value in block.items()})
     out["fc_depth"] = len(spec.hidden)
@@ -171,6 +179,7 @@ KINDS: dict[str, SpaceKind] = {
             "padding": ("valid",),
             "convs": 1,
             "pool": ("max",),
+            "growth": "free",
             "norm": False,
             "head": ("flatten",),
             "fc_depth": 1,
@@ -182,6 +191,7 @@ KINDS: dict[str, SpaceKind] = {
             "activation": ACTIVATIONS,
             "padding": ("valid", "same"),
             "pool": ("max", "avg", "stride", "none"),
+            "growth": ("free", "double"),
             "norm": NORM,
             "head": ("flatten", "gap"),
         },
