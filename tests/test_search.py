@@ -67,6 +67,19 @@ def test_cnn_space(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_resnet_space(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # three sampled residual CNNs through the autograd step, end to end on the real data; --train-size keeps the
+    # epoch to a few seconds on 2 cores (a full epoch of a sampled ResNet costs a minute or more there)
+    s = search_json(
+        capsys, tmp_path, "--space", "resnet", "--n-trials", "3", "--epochs", "1", "--train-size", "3000", "--seed", "1"
+    )
+    assert s["study"] == "search-resnet" and s["counts"]["complete"] + s["counts"].get("pruned", 0) == 3
+    assert s["counts"]["complete"] >= 1
+    assert all(r["spec"].startswith("cnn:") and "-r" in r["spec"] and r["spec"].count("gap") == 1 for r in s["top"])
+    assert all(0.3 < r["val_acc"] <= 1.0 for r in s["top"])
+
+
+@pytest.mark.slow
 def test_custom_space_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     s = search_json(capsys, tmp_path, "--space", str(tiny_space(tmp_path)), "--n-trials", "3", "--epochs", "1")
     assert s["study"] == "search-tiny" and s["counts"]["complete"] == 3

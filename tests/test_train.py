@@ -214,3 +214,26 @@ def test_a_runs_numbers_follow_its_arguments_not_the_ambient_thread_count(arch: 
             results.append(train(parse_spec(arch), [3], Protocol(epochs=1), small_real, threads=1, record_steps=True))
     assert results[0].engine_step == results[1].engine_step
     assert results[0].runs[0].step_losses == results[1].runs[0].step_losses
+
+
+@pytest.mark.parametrize("flags, forced", [({"avx2"}, None), ({"avx2", "avx512f"}, None), ({"avx2"}, "native")])
+def test_cnns_take_the_hand_written_paths_only_where_they_pay(
+    monkeypatch: pytest.MonkeyPatch, flags: set[str], forced: str | None
+) -> None:
+    """select_step: on a CPU without AVX-512 a CNN trains through autograd, which was measured faster there, unless
+    ARCHSEARCH_CONV=native insists; MLPs keep their accelerators either way."""
+    from archsearch.engine.native import conv, loader
+
+    monkeypatch.setattr(loader, "cpu_flags", lambda: frozenset(flags))
+    if forced:
+        monkeypatch.setenv("ARCHSEARCH_CONV", forced)
+    else:
+        monkeypatch.delenv("ARCHSEARCH_CONV", raising=False)
+    pays = forced == "native" or "avx512f" in flags
+    cnn = select_step(report_rows()[16].spec, Protocol(), device="cpu", threads=1, shape=FASHION_MNIST_SHAPE)
+    if pays:
+        assert cnn.step == "python" and cnn.first_conv == ("native" if conv.available() else "torch")
+    else:
+        assert cnn.name == "autograd" and any("AVX-512" in why for why in cnn.why_not)
+    mlp = select_step(report_rows()[6].spec, Protocol(), device="cpu", threads=1, shape=FASHION_MNIST_SHAPE)
+    assert mlp.step != "autograd"

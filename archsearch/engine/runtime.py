@@ -70,7 +70,7 @@ def describe_runtime() -> dict[str, object]:
     from archsearch.core.shapes import FASHION_MNIST_SHAPE
     from archsearch.engine.native import conv, gemm
     from archsearch.engine.native.loader import WHY_NOT, cache_dir
-    from archsearch.engine.steps import select_step
+    from archsearch.engine.steps.select import CONV_NO_AVX512, select_step
     from archsearch.models import parse_spec
 
     backends = check_backends()
@@ -98,7 +98,9 @@ def describe_runtime() -> dict[str, object]:
         "products": backends["products"],
         "products_why_not": WHY_NOT.get("ARCHSEARCH_GEMM") if backends["products"] == "torch" else None,
         "first_conv": backends["first_conv"],
-        "first_conv_why_not": WHY_NOT.get("ARCHSEARCH_CONV") if backends["first_conv"] == "torch" else None,
+        "first_conv_why_not": (WHY_NOT.get("ARCHSEARCH_CONV") or (None if conv.pays_here() else CONV_NO_AVX512))
+        if backends["first_conv"] == "torch"
+        else None,
         "native_cache": str(cache_dir()) if gemm.libxsmm_available() or conv.available() else None,
         "steps_on_cpu": steps,
     }

@@ -45,6 +45,15 @@ def _cpu() -> str:
     return "|".join(sorted(seen.values())) or f"{platform.machine()}|{platform.processor()}"
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (``avx512f``, ``avx2``...); empty where it does not say."""
+    for line in _cpu().split("|"):
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
 def build(name: str, source: Path, *, flags: list[str], link: list[str], deps: list[Path] | None = None) -> Path | str:
     """The compiled ``source`` (``<cache>/<name>-<key>.so``), from the cache or freshly built, or why it cannot be.
 
