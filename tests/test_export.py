@@ -184,7 +184,7 @@ def test_export_refusals(study_url: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_failed_export_leaves_nothing(study_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(fmt: str, model: Any, path: Path) -> None:
+    def broken(fmt: str, model: Any, path: Path, info: Any) -> None:
         path.write_bytes(b"half")
         raise OSError("disk full")
 
