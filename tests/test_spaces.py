@@ -168,8 +168,11 @@ def test_cnn_growth_double_asks_one_width_and_doubles_it_block_by_block(tmp_path
         assert convs == [trial.params["channels_1"] << i for i in range(trial.params["blocks"])]
         assert not any(k.startswith("channels_") and k != "channels_1" for k in trial.params)
         study.tell(trial, 0.0)
-    # the default is free, one width per block, as before; an unknown growth is one line naming the key
-    assert "growth" not in load_space("cnn").params or load_space("cnn").params["growth"].values() == ("free",)
+    # a space that does not say is free, one width per block, as before; the built-in cnn space offers both
+    path.write_text('kind = "cnn"\nblocks = 2\n')
+    assert load_space(str(path)).params["growth"].values() == ("free",)
+    assert load_space("cnn").params["growth"].values() == ("free", "double")
+    # an unknown growth is one line naming the key
     path.write_text('kind = "cnn"\ngrowth = "triple"\n')
     with pytest.raises(SpaceError, match="growth"):
         load_space(str(path))
