@@ -17,7 +17,7 @@ import torch
 from archsearch.core.errors import UserError
 from archsearch.core.shapes import FASHION_MNIST_SHAPE, Shape
 
-__all__ = ["FASHION_MNIST", "DataError", "Dataset", "DatasetInfo", "as_float", "split_training"]
+__all__ = ["FASHION_MNIST", "DataError", "Dataset", "DatasetInfo", "as_float", "split_dataset", "split_training"]
 
 
 class DataError(UserError):
@@ -125,3 +125,19 @@ def split_training(
     train_idx = (rest if train_size is None else rest[:train_size]).sort().values
     val = (x[val_idx], y[val_idx]) if val_size else None
     return x[train_idx], y[train_idx], val
+
+
+def split_dataset(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    info: DatasetInfo,
+    *,
+    val_size: int,
+    split_seed: int,
+    train_size: int | None,
+) -> Dataset:
+    """A loaded training and test set as a Dataset, with the training set split as ``split_training`` does."""
+    train_x, train_y, val = split_training(*train, val_size, split_seed, train_size)
+    evals = {"val": val} if val is not None else {}
+    evals["test"] = test
+    return Dataset(train_x, train_y, evals, info)

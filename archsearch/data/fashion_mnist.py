@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from archsearch.data.dataset import FASHION_MNIST, DataError, Dataset, split_training
+from archsearch.data.dataset import FASHION_MNIST, DataError, Dataset, split_dataset
 from archsearch.data.idx import check_idx
 
 __all__ = [
@@ -133,9 +133,9 @@ def load_dataset(
     ``evals['test']``."""
     root = data_dir if data_dir is not None else default_data_dir()
     ensure_raw_files(root, debian_dir=debian_dir, download=download, checksums=checksums)
-    train_x, train_y = _read(root, train=True)
-    test_x, test_y = _read(root, train=False)
-    train_x, train_y, val = split_training(train_x, train_y, val_size, split_seed, train_size)
-    evals = {"val": val} if val is not None else {}
-    evals["test"] = (test_x, test_y)
-    return Dataset(train_x, train_y, evals, replace(FASHION_MNIST, source=str(_raw_dir(root)))).to(device)
+    info = replace(FASHION_MNIST, source=str(_raw_dir(root)))
+    split = split_dataset(
+        _read(root, train=True), _read(root, train=False), info, val_size=val_size, split_seed=split_seed,
+        train_size=train_size,
+    )  # fmt: skip
+    return split.to(device)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from archsearch.data import fashion_mnist
-from archsearch.data.dataset import FASHION_MNIST, DataError, Dataset, DatasetInfo, split_training
+from archsearch.data.dataset import FASHION_MNIST, DataError, Dataset, DatasetInfo, split_dataset
 from archsearch.data.digits import DIGITS, digits_available, digits_location, ensure_digits, load_digits_split
 from archsearch.data.digits import HOW_TO_GET as DIGITS_HOW
 from archsearch.data.fashion_mnist import DEBIAN_DIR, FILES, default_data_dir
@@ -124,10 +124,10 @@ def load_dataset(
         source = SOURCES[key]
         folder = source.ensure(root, download=download, verify=checksums is not None)
         info, (train_x, train_y, test_x, test_y) = replace(source.info, source=str(folder)), source.load(root)
-    train_x, train_y, val = split_training(train_x, train_y, val_size, split_seed, train_size)
-    evals = {"val": val} if val is not None else {}
-    evals["test"] = (test_x, test_y)
-    return Dataset(train_x, train_y, evals, info).to(device)
+    split = split_dataset(
+        (train_x, train_y), (test_x, test_y), info, val_size=val_size, split_seed=split_seed, train_size=train_size
+    )
+    return split.to(device)
 
 
 def describe_datasets(root: Path | None = None, *, debian_dir: Path = DEBIAN_DIR) -> list[dict[str, Any]]:

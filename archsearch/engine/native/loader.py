@@ -13,6 +13,7 @@ callers fall back to torch and say why where the shim was required. Each shim ha
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -45,6 +46,7 @@ def _cpu() -> str:
     return "|".join(sorted(seen.values())) or f"{platform.machine()}|{platform.processor()}"
 
 
+@functools.cache  # /proc/cpuinfo is read once per process, not at every step selection
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as Linux reports them (``avx512f``, ``avx2``...); empty where it does not say."""
     for line in _cpu().split("|"):
