@@ -387,3 +387,32 @@ def test_predict_warns_about_light_backgrounds_and_reads_colour(tmp_path: Path) 
     Image.new("RGB", (28, 28), (250, 250, 250)).save(light)
     (result,) = predict_images(ckpt, [light])
     assert result["warnings"] and "invert" in result["warnings"][0]
+
+
+def test_the_readmes_plain_torch_snippet_rebuilds_what_load_checkpoint_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's "Models you can use without archsearch" code, run as written on a BatchNorm + dropout checkpoint
+    whose running statistics are not the initial ones: it must give load_checkpoint's logits (so the snippet's
+    imports exist and its eval() is not forgotten)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Models you can use without archsearch", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    spec = "cnn:4c3p1-bn-p2-fc-d0.2-relu"
+    handmade(tmp_path / "best", spec)
+    weights = tmp_path / "best" / WEIGHTS_FILE
+    state = load_checkpoint(tmp_path / "best")[0].state_dict()
+    g = torch.Generator().manual_seed(1)
+    for name, value in state.items():
+        if name.endswith(("running_mean", "running_var")):
+            state[name] = torch.rand(value.shape, generator=g) + 0.5
+    save_file(state, str(weights), metadata={"spec": spec, "seed": "0"})
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, Any] = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # our own README: running it is the point
+    x = torch.rand(5, 1, 28, 28, generator=g)
+    reference, _ = load_checkpoint(tmp_path / "best")
+    with torch.no_grad():
+        assert torch.equal(scope["model"](x), reference(x))
+        # and the check can fail: the same weights in training mode (batch statistics, dropout) differ
+        assert not torch.allclose(scope["model"].train()(x), reference(x))
