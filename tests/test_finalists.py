@@ -4,6 +4,8 @@ convs) with the new recipe trains, saves its weights, exports, and evaluates to 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import optuna
@@ -132,3 +134,20 @@ def test_every_new_layer_kind_saves_exports_and_evaluates(tmp_path: Path, data: 
     assert evaluated["matches_recorded"] and evaluated["spec"] == str(spec)
     model, _ = load_checkpoint(tmp_path / "ckpt")
     assert any("running_mean" in k for k in model.state_dict())  # BatchNorm's statistics travel with the weights
+
+
+def test_the_readmes_best_per_budget_table_is_the_committed_searches_record() -> None:
+    """The README's headline table of the budget searches is copied from their committed summaries, not retyped:
+    every row's spec, parameter count, final validation and test accuracy equal its study's `best_under` entry."""
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    table = readme.split("Best model per parameter budget", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in table.splitlines() if re.match(r"\| [\d,]+ \|", line)]
+    assert len(rows) == 3
+    runs = {"first": "budgets", "follow-up": "budgets-100k"}
+    for row in rows:
+        budget, params, spec, val, test, search = (cell.strip(" `*") for cell in row.strip("|").split("|"))
+        summary = json.loads((root / "studies/results" / runs[search.split(",")[0]] / "summary.json").read_text())
+        best = summary["final"]["best_under"][budget.replace(",", "")]
+        assert (spec, int(params.replace(",", ""))) == (best["spec"], best["params"])
+        assert (val, test) == (f"{best['val_acc']:.4f}", f"{best['test_acc']:.4f}")
