@@ -18,6 +18,7 @@ from archsearch.engine import train
 from archsearch.engine.steps import StepPlan, applicable_plans
 from archsearch.models import LAYERS, parse_spec
 from archsearch.study.report import report_rows
+from tests.conftest import assert_same_training
 
 THREADS = 1  # where every accelerator applies (libxsmm's products and the C conv are single-threaded)
 EPOCHS = 2  # 200 steps of 32 on the 3,200-image slice
@@ -40,25 +41,6 @@ def test_the_cases_use_every_layer_kind() -> None:
     """Registry-driven: a kind added to the registry without a case here fails this test."""
     used = set().union(*(parse_spec(text).kinds for text, _ in CASES))
     assert used == set(LAYERS)
-
-
-def assert_same_training(got: torch.Tensor, want: torch.Tensor, rtol: float) -> None:
-    """Two trainings' per-step losses (runs, steps) are the same training.
-
-    Float32 rounding differs between kernels (libxsmm's products and the C conv sum in other orders than MKL and
-    oneDNN; a batched kernel over K runs, BatchNorm's over K*C channels, vectorise differently from K = 1), and
-    training amplifies it step by step: Adam moves a weight whose gradient is near zero by about lr either way, so a
-    last-bit difference in such a gradient is a difference of lr in the weight (row 13, libxsmm against MKL: 1.6e-5
-    in the loss at step 2, 1e-2 by step 20, while the C and Python steps on the same kernels agree bit for bit); a
-    unit at relu's edge goes one way or the other; BatchNorm on a batch of 32 magnifies it. So the first 5 steps
-    agree to rounding, and every epoch's mean loss to 1.5%; a wrong gradient, mask or augmentation is off from the
-    second step on, by far more.
-    """
-    torch.testing.assert_close(got[:, :5], want[:, :5], rtol=rtol, atol=rtol / 10)
-    epochs = got.shape[1] // 100
-    torch.testing.assert_close(
-        got.view(-1, epochs, 100).mean(2), want.view(-1, epochs, 100).mean(2), rtol=0.015, atol=0
-    )
 
 
 def _plans(text: str, protocol: Protocol) -> list[StepPlan]:
