@@ -7,7 +7,8 @@
 
 For each measured row it prints model-steps per second of both, their ratio, the archsearch trainer's achieved
 GFLOP/s and its share of the matrix-multiply peak measured in the same run, and finally the estimated wall time of the
-full reproduction (17 rows × 5 runs × 50 epochs), from a short measurement of every row.
+full reproduction (17 rows × 5 runs × 50 epochs), from a short measurement of every row (``--estimate-rows``: of
+some rows only, as the tests do to keep the plumbing check short).
 
     python benchmarks/bench_trainer.py [--rows 6,10,15,16] [--repeats 3] [--workers N] [--threads N] [--device D]
                                        [--json]
@@ -251,6 +252,9 @@ def main() -> int:
     parser.add_argument("--plain-steps", type=at_least(1), default=300, help="timed steps per plain-loop measurement")
     parser.add_argument("--repeats", type=at_least(1), default=3, help="measurements of each kind per row (medians)")
     parser.add_argument("--estimate-steps", type=at_least(201), default=400, help="steps per row, full estimate")
+    parser.add_argument(
+        "--estimate-rows", type=report_rows_arg, default=None, help="rows the estimate covers (default: all 17)"
+    )
     parser.add_argument("--threads", type=at_least(1), default=None)
     parser.add_argument(
         "--workers",
@@ -334,7 +338,8 @@ def main() -> int:
         # With --workers N, each row measured in N single-threaded workers at once (as they share the machine in a
         # reproduction), then the rows scheduled on N workers in table order.
         single, per_worker = [], []
-        for row in range(len(rows)):
+        estimate_rows = args.estimate_rows if args.estimate_rows is not None else list(range(len(rows)))
+        for row in estimate_rows:
             single.append(row_seconds(*fused_timing(rows[row].spec, args.estimate_steps, data, full_eval=True)))
             if args.workers > 1:
                 timings = pool.map(_worker_timing, [(row, args.estimate_steps, True, str(device))] * args.workers)
@@ -353,6 +358,7 @@ def main() -> int:
         "gemm": gemm.backend(),  # how single-threaded workers multiply (archsearch.gemm)
         "matmul_peak_gflops": peak,
         "rows": measured,
+        "estimate_rows": estimate_rows,  # the rows the reproduction estimate covers
         "full_reproduction_estimate_min": total_s / 60,
         "full_reproduction_estimate_workers_min": workers_s / 60,
     }
@@ -380,7 +386,8 @@ def main() -> int:
             )
         print(f"(model-steps/s, medians of {args.repeats}; ratio and GFLOP/s for the faster archsearch layout)")
         print(
-            f"estimated full reproduction (17 rows × {RUNS} runs × {EPOCHS} epochs): {total_s / 60:.0f} min in one "
+            f"estimated full reproduction ({len(estimate_rows)} rows × {RUNS} runs × {EPOCHS} epochs): "
+            f"{total_s / 60:.0f} min in one "
             f"process, {report['full_reproduction_estimate_workers_min']:.0f} min with --workers {w}"
             + (" (reproduce's default here)" if w == default_workers(device, None, len(rows)) else "")
         )

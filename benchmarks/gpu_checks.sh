@@ -8,7 +8,7 @@
 #
 #   benchmarks/gpu_checks.sh                               # with the project's .venv, on CUDA
 #   PY=python3 OUT=/tmp/checks LIMIT=300 benchmarks/gpu_checks.sh
-#   DEVICE=cpu ROWS=0 STEPS=201 ... benchmarks/gpu_checks.sh   # the same plumbing on a CPU (tests/test_benchmarks.py)
+#   DEVICE=cpu ROWS=0 STEPS=201 EST_ROWS=0 ... benchmarks/gpu_checks.sh   # the same plumbing on a CPU (tests/test_benchmarks.py)
 set -u
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ $PY -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -25
 log benchmark
 $PY benchmarks/bench_trainer.py --device "$DEVICE" --rows "${ROWS:-6,10,15,16}" --workers "${WORKERS:-1}" \
   --repeats "${REPEATS:-2}" --steps "${STEPS:-1200}" --plain-steps "${PLAIN_STEPS:-300}" \
-  --estimate-steps "${EST_STEPS:-400}" --json > "$OUT/bench.json" || exit 1
+  --estimate-steps "${EST_STEPS:-400}" ${EST_ROWS:+--estimate-rows "$EST_ROWS"} --json > "$OUT/bench.json" || exit 1
 $PY - "$OUT/bench.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))

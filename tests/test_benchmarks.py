@@ -33,6 +33,8 @@ def test_benchmark_runs_and_reports_every_column() -> None:
         "2",  # the workers layout and the workers estimate run too
         "--estimate-steps",
         "201",
+        "--estimate-rows",
+        "0,16",  # one MLP and the CNN: the estimate's plumbing, not all 17 rows' minutes
         "--threads",
         "1",
         "--json",
@@ -42,6 +44,7 @@ def test_benchmark_runs_and_reports_every_column() -> None:
     report = json.loads(proc.stdout)
     assert report["matmul_peak_gflops"] > 0 and report["full_reproduction_estimate_min"] > 0
     assert report["workers"] == 2 and report["full_reproduction_estimate_workers_min"] > 0
+    assert report["estimate_rows"] == [0, 16]
     (row,) = report["rows"]
     assert row["row"] == 0 and row["spec"] == "mlp:linear"
     keys = ("plain_steps_per_s", "archsearch_steps_per_s", "archsearch_workers_steps_per_s", "ratio", "gflops")
@@ -55,6 +58,7 @@ def test_benchmark_runs_and_reports_every_column() -> None:
         (["--estimate-steps", "200"], "argument --estimate-steps: must be at least 201, got 200"),
         (["--rows", "6,17"], "argument --rows: report rows are 0 to 16, comma-separated; got '6,17'"),
         (["--rows", "six"], "argument --rows: report rows are 0 to 16, comma-separated; got 'six'"),
+        (["--estimate-rows", "0,20"], "argument --estimate-rows: report rows are 0 to 16, comma-separated; got '0,20'"),
         (["--workers", "0"], "argument --workers: must be at least 1, got 0"),
         (["--device", "nowhere"], "argument --device: "),
     ],
@@ -91,6 +95,7 @@ def test_gpu_checks_script_runs_its_three_stages(tmp_path: Path) -> None:
         "STEPS": "201",
         "PLAIN_STEPS": "5",
         "EST_STEPS": "201",
+        "EST_ROWS": "0",
         "REPEATS": "1",
         "REPRO_ARGS": "--models 0 --runs 1 --epochs 1",
     }
@@ -102,6 +107,7 @@ def test_gpu_checks_script_runs_its_three_stages(tmp_path: Path) -> None:
     assert "reproduce exit 0" in log
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert bench["device"] == "cpu" and bench["rows"][0]["archsearch_steps_per_s"] > 0
+    assert bench["estimate_rows"] == [0]
     repro = json.loads((tmp_path / "repro.json").read_text())
     assert [r["index"] for r in repro["rows"]] == [0] and repro["rows"][0]["n_runs"] == 1
     assert (tmp_path / "repro.db").is_file() and (tmp_path / "report" / "REPORT.md").is_file()
