@@ -29,7 +29,8 @@ def archsearch(cwd: Path, *args: str) -> subprocess.Popen[str]:
 
 def finish(proc: subprocess.Popen[str], timeout: float = 600) -> str:
     out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
+    # a chained traceback prints its root cause first: keep both ends of a long one
+    assert proc.returncode == 0, err if len(err) <= 6000 else f"{err[:3000]}\n[...]\n{err[-3000:]}"
     return out
 
 
