@@ -66,7 +66,9 @@ def test_step_gradients_equal_autograd_on_plain_models(
     grads = {p: step.opt.state(p)[0] / 0.1 for p in fused.parameters()}
     # libxsmm sums the products in another order than MKL (autograd's): where a gradient entry is a sum of terms that
     # nearly cancel, the two differ by a few float32 roundings of the terms' scale (~1e-7 here), not of the result.
-    tol = {"rtol": 1e-5, "atol": 5e-7 if xsmm else 1e-7}
+    # The C first conv, where the step takes it (AVX-512, or ARCHSEARCH_CONV=native as in CI), sums in another order
+    # than oneDNN likewise (1.19e-7 on an entry of 8e-5, seen on an AVX-512 Xeon).
+    tol = {"rtol": 1e-5, "atol": 5e-7 if xsmm or spec.kind == "cnn" else 1e-7}
     for k, model in enumerate(plain):
         logp = torch.log_softmax(model(x[k]), dim=-1)
         ref_loss = per_sample_loss(logp, y[k], loss).mean()
