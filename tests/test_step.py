@@ -66,8 +66,9 @@ def test_step_gradients_equal_autograd_on_plain_models(
     grads = {p: step.opt.state(p)[0] / 0.1 for p in fused.parameters()}
     # libxsmm sums the products in another order than MKL (autograd's): where a gradient entry is a sum of terms that
     # nearly cancel, the two differ by a few float32 roundings of the terms' scale (~1e-7 here), not of the result.
-    # The C first conv, where the step takes it (AVX-512, or ARCHSEARCH_CONV=native as in CI), sums in another order
-    # than oneDNN likewise (1.19e-7 on an entry of 8e-5, seen on an AVX-512 Xeon).
+    # A CNN's trunk runs here as the fused model's one grouped convolution over the K runs (torch's kernels, no C
+    # conv: FusedStep is built without a plan), which oneDNN sums in another order than each plain model's own conv
+    # (1.19e-7 on a first-conv weight gradient of 8e-5 on an AVX-512 Xeon, with ARCHSEARCH_CONV=torch too).
     tol = {"rtol": 1e-5, "atol": 5e-7 if xsmm or spec.kind == "cnn" else 1e-7}
     for k, model in enumerate(plain):
         logp = torch.log_softmax(model(x[k]), dim=-1)
