@@ -508,20 +508,26 @@ def dashboard(
 
 
 EXTRAS = {"dashboard": "optuna_dashboard", "postgres": "psycopg", "onnx": "onnxscript", "digits": "sklearn"}
+# The steps of `doctor --json` ("python+cconv", ...) in words, for its first screen
+STEP_WORDS = {"c": "all in C", "python": "hand-written", "autograd": "torch autograd", "cconv": "C first layer",
+              "graphs": "CUDA graph"}  # fmt: skip
 
 
 @app.command()
 def doctor(json_: JsonOpt = False) -> None:
-    """What this installation trains with: torch, CUDA, the native kernels (or why torch computes instead), the step
-    each kind of model takes, where the data is, which optional extras are installed.
+    """What this installation trains with: torch, CUDA, the fast CPU kernels (or why torch computes instead), the
+    step each kind of model takes, which datasets are here and where, which optional extras are installed.
+    --json says it all, with the settings' names (ARCHSEARCH_GEMM, ARCHSEARCH_CONV, ARCHSEARCH_DATA, ...) and how to
+    get each missing dataset.
 
     Example: archsearch doctor
     """
     import importlib.util
 
     from archsearch import __version__
-    from archsearch.data import default_data_dir, describe_datasets
+    from archsearch.data import DEFAULT_DATASET, default_data_dir, describe_datasets, downloads_allowed
     from archsearch.engine import describe_runtime
+    from archsearch.engine.runtime import plain_reason
 
     report: dict[str, Any] = {"archsearch": __version__, **describe_runtime()}
     report["data_dir"] = str(default_data_dir())
@@ -530,19 +536,41 @@ def doctor(json_: JsonOpt = False) -> None:
     if json_:
         console.emit_json(report)
         return
+    # The first screen, in words: the lines 1-3 are what `.ci/setup` shows after installing
+    torch_too = "everything" if report["first_conv"] == "torch" else "the matrix products"
     lines = [
         f"archsearch {report['archsearch']} · torch {report['torch']} · CUDA: {report['cuda'] or 'none'} · "
         f"{report['cores']} usable core(s)",
-        f"products of the CPU steps: {report['products']}"
-        + (f" ({report['products_why_not']})" if report["products_why_not"] else ""),
-        f"a CNN's first layer: {report['first_conv']}"
-        + (f" ({report['first_conv_why_not']})" if report["first_conv_why_not"] else ""),
+        "fast CPU kernels: libxsmm found, C kernels built"
+        if report["products"] == "libxsmm"
+        else f"fast CPU kernels: not available: {plain_reason(report['products_why_not'] or 'unknown')}; "
+        f"torch computes {torch_too} (slower)",
+        "a CNN's first layer: the C kernel"
+        if report["first_conv"] == "native"
+        else f"a CNN's first layer: torch ({plain_reason(report['first_conv_why_not'] or 'unknown')})",
     ]
-    lines += [f"step for {label}: " + ", ".join(f"{k}: {v}" for k, v in by.items())
-              for label, by in report["steps_on_cpu"].items()]  # fmt: skip
-    lines.append(f"data: {report['data_dir']}")
+    counts = " / ".join(next(iter(report["steps_on_cpu"].values()), {}))
+    lines.append(f"how each kind of model trains on the CPU ({counts}):")
+    for label, by in report["steps_on_cpu"].items():
+        words = [" + ".join(STEP_WORDS.get(part, part) for part in step.split("+")) for step in by.values()]
+        lines.append(f"  {label}: {' / '.join(words)}")
+    lines.append(f"data folder: {report['data_dir']}")
+    missing = []
     for d in report["datasets"]:
-        lines.append(f"  {d['name']}: {'found' if d['present'] else 'missing — ' + d['how']}")
+        if d["present"]:
+            lines.append(f"  {d['name']}: found ({d['path']}" + (f", {d['source']})" if d["source"] else ")"))
+        elif d["name"] == DEFAULT_DATASET:  # the one every command trains on by default: how to get it, in full
+            lines.append(f"  {d['name']}: not here — {d['how']}")
+        else:
+            extra = d["name"] in EXTRAS and not d["downloads"]  # digits: scikit-learn's
+            missing.append(f"{d['name']} (pip install 'archsearch[{d['name']}]')" if extra else d["name"])
+    if missing:
+        how = (
+            "downloaded on first use, or put in the data folder"
+            if downloads_allowed(True)
+            else "put in the data folder"
+        )
+        lines.append(f"  not here ({how}; see `archsearch doctor --json`): {', '.join(missing)}")
     lines.append("extras: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in report["extras"].items()))
     console.print_lines(lines)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,76 @@ def test_a_missing_extra_is_named(capsys: pytest.CaptureFixture[str], monkeypatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
     code, _, err = run_cli(capsys, "analyze", "--study", "x", "--storage", "postgresql://u:p@127.0.0.1:1/db")
     assert code == 2 and "pip install 'archsearch[postgres]'" in err and len(err.strip().splitlines()) == 1
+
+
+def doctor_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    code, out, err = run_cli(capsys, "doctor")
+    assert code == 0, err
+    return out.splitlines()
+
+
+def test_doctor_says_where_each_dataset_is_in_plain_words(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from archsearch.data import FILES, fashion_mnist
+
+    debian, data = tmp_path / "debian", tmp_path / "data"
+    debian.mkdir()
+    for name in FILES:
+        (debian / f"{name}.gz").write_bytes(b"")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", debian)
+    monkeypatch.setenv("ARCHSEARCH_DATA", str(data))
+    monkeypatch.delenv("ARCHSEARCH_OFFLINE", raising=False)
+
+    # Debian's package, not yet decompressed into the data folder: found, there (it was "missing — taken from ...")
+    lines = doctor_lines(capsys)
+    assert not any("ARCHSEARCH_" in line for line in lines), lines  # settings' names are for --json and --help
+    assert lines[1].startswith("fast CPU kernels: ") and lines[2].startswith("a CNN's first layer: ")
+    assert f"data folder: {data}" in lines
+    assert f"  fashion-mnist: found ({debian}, Debian's dataset-fashion-mnist)" in lines
+    optional = ["mnist", "kmnist", "emnist-balanced", "cifar10", "cifar100", "svhn"]
+    missing = [line for line in lines if "cifar10" in line or "svhn" in line]
+    assert len(missing) == 1 and missing[0].startswith("  not here (downloaded on first use")
+    assert missing[0].endswith(": " + ", ".join(optional))
+    assert not any("missing" in line for line in lines)
+
+    # decompressed into the data folder: loaded from there
+    raw = data / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in FILES:
+        (raw / name).write_bytes(b"")
+    assert f"  fashion-mnist: found ({raw})" in doctor_lines(capsys)
+
+    # the JSON keeps the details and the settings' names
+    code, out, _ = run_cli(capsys, "doctor", "--json")
+    rows = {d["name"]: d for d in json.loads(out)["datasets"]}
+    assert code == 0 and rows["fashion-mnist"]["present"] and rows["fashion-mnist"]["path"] == str(raw)
+    assert not rows["mnist"]["present"] and "ARCHSEARCH_DATA" in rows["mnist"]["how"]
+
+
+def test_doctor_says_why_torch_computes_without_settings_names(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import archsearch.engine
+    from archsearch.engine.steps.select import CONV_NO_AVX512
+
+    real = archsearch.engine.describe_runtime()
+    fake = {
+        **real,
+        "products": "torch",
+        "products_why_not": "its cache /ro/archsearch is not writable (Permission denied; set ARCHSEARCH_CACHE)",
+        "first_conv": "torch",
+        "first_conv_why_not": CONV_NO_AVX512,
+    }
+    monkeypatch.setattr(archsearch.engine, "describe_runtime", lambda: fake)
+    lines = doctor_lines(capsys)
+    assert lines[1] == (
+        "fast CPU kernels: not available: the C kernels' cache /ro/archsearch is not writable (Permission denied); "
+        "torch computes everything (slower)"
+    )
+    assert lines[2].startswith("a CNN's first layer: torch (") and "AVX-512" in lines[2]
+    assert not any("ARCHSEARCH_" in line for line in lines), lines
+    fake["products_why_not"] = "ARCHSEARCH_GEMM=torch"
+    assert "switched off by an environment setting" in doctor_lines(capsys)[1]
+    code, out, _ = run_cli(capsys, "doctor", "--json")
+    assert code == 0 and json.loads(out)["products_why_not"] == "ARCHSEARCH_GEMM=torch"

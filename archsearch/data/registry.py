@@ -130,29 +130,41 @@ def load_dataset(
     return split.to(device)
 
 
-def describe_datasets(root: Path | None = None, *, debian_dir: Path = DEBIAN_DIR) -> list[dict[str, Any]]:
-    """One row per named dataset (``folder:PATH`` aside): its shape, class count and normalisation, whether its
-    files are present under ``root`` (default: as ``load_dataset`` finds it), where, and how to get them."""
+def describe_datasets(root: Path | None = None, *, debian_dir: Path | None = None) -> list[dict[str, Any]]:
+    """One row per named dataset (``folder:PATH`` aside): its shape, class count and normalisation, whether it is
+    present here (``root``, default as ``load_dataset`` finds it; for Fashion-MNIST also Debian's package in
+    ``debian_dir``, default ``DEBIAN_DIR``), the path it would be loaded from (``path``) and what that copy is
+    (``source``, or None), whether a missing one would be downloaded on first use (``downloads``), and how to get it.
+    """
     root = root if root is not None else default_data_dir()
+    debian_dir = debian_dir if debian_dir is not None else fashion_mnist.DEBIAN_DIR
     rows = []
     for name in DATASETS:
         if name.startswith(FOLDER_PREFIX):
             continue
         info = dataset_info(name)
+        source: str | None = None
+        downloads = downloads_allowed(True)
         if name == DEFAULT_DATASET:
-            where = root / "FashionMNIST" / "raw"
-            present = all((where / f).is_file() for f in FILES)
+            # as fashion_mnist.ensure_raw_files: the cache's copy, else Debian's package (decompressed into the cache
+            # on first use), else a download
+            raw = root / "FashionMNIST" / "raw"
+            cached = all((raw / f).is_file() for f in FILES)
             debian = all((debian_dir / f"{f}.gz").is_file() for f in FILES)
-            how = (
-                f"taken from Debian's package in {debian_dir} on first use"
-                if debian
-                else f"{fashion_mnist.HOW_TO_GET}, or run the command on a machine with network access to download it"
-            )
+            present, where = cached or debian, raw if cached or not debian else debian_dir
+            if debian and not cached:
+                source = "Debian's dataset-fashion-mnist"
+                how = f"decompressed from Debian's package in {debian_dir} into {raw} on first use"
+            elif cached:
+                how = f"the four IDX files in {raw} (checked against their SHA-256 when loaded)"
+            else:
+                how = f"{fashion_mnist.HOW_TO_GET}, or run the command on a machine with network access to download it"
         elif name == DIGITS.name:
-            present, where, how = digits_available(), digits_location(), DIGITS_HOW
+            present, where, how, downloads = digits_available(), digits_location(), DIGITS_HOW, False
+            source = "scikit-learn's bundled copy" if present else None
         else:
-            source = SOURCES[name]
-            present, where, how = source.present(root), source.directory(root), source.how()
+            src = SOURCES[name]
+            present, where, how = src.present(root), src.directory(root), src.how()
         rows.append({
             "name": name,
             "shape": str(info.shape),
@@ -161,6 +173,8 @@ def describe_datasets(root: Path | None = None, *, debian_dir: Path = DEBIAN_DIR
             "std": list(info.std) if info.std is not None else None,
             "present": present,
             "path": str(where),
+            "source": source,
+            "downloads": downloads,
             "how": how,
         })  # fmt: skip
     return rows

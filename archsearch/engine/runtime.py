@@ -4,6 +4,7 @@ native backends' settings checked up front."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,7 @@ __all__ = [
     "default_device",
     "describe_runtime",
     "on_device",
+    "plain_reason",
     "resolve_device",
     "torch_threads",
     "usable_cores",
@@ -104,6 +106,23 @@ def describe_runtime() -> dict[str, object]:
         "native_cache": str(cache_dir()) if gemm.libxsmm_available() or conv.available() else None,
         "steps_on_cpu": steps,
     }
+
+
+def plain_reason(why: str) -> str:
+    """A native backend's why-not (``describe_runtime``'s ``*_why_not``) in a user's words, for ``archsearch doctor``'s
+    first screen: no environment variables' names (they stay in ``doctor --json`` and the ``--help`` texts)."""
+    from archsearch.engine.steps.select import CONV_NO_AVX512
+
+    if why == CONV_NO_AVX512:
+        return "the C kernel is faster than torch's on CPUs with AVX-512 only, and this one has none"
+    if re.fullmatch(r"ARCHSEARCH_\w+=torch", why):
+        return "switched off by an environment setting; `archsearch doctor --json` names it"
+    text = re.sub(r";\s*set ARCHSEARCH_\w+", "", why)  # "... (Permission denied; set ARCHSEARCH_CACHE)"
+    text = re.sub(r"\s*\([^()]*ARCHSEARCH_[^()]*\)", "", text)  # a parenthesis about a setting
+    text = re.sub(r"\bARCHSEARCH_\w+(=\S+)?", "a setting", text)  # whatever is left
+    return text.replace("compiling its shim failed", "compiling the C kernels failed").replace(
+        "its cache", "the C kernels' cache"
+    )
 
 
 @contextmanager
