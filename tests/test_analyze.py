@@ -367,3 +367,67 @@ def test_pareto_front_and_bands_directly() -> None:
     assert depth_effect(band_rows, band_factor=4)[0]["low"] == 1024  # [256, 1024) holds 1000; [1024, 4096) the rest
     with pytest.raises(UserError):
         depth_effect(band_rows, band_factor=1)
+
+
+def test_one_run_prints_its_mean_alone_two_runs_with_their_std(tmp_path: Path) -> None:
+    """A std of one value is undefined (the studies record 0.0): one seed's accuracy is "0.7834", not "± 0.0000",
+    in every table and report; two seeds' keep "± std"."""
+    from archsearch.results.reproduction import markdown as report_markdown
+    from archsearch.results.tables import final_table, mean_std, reproduction_tables, search_tables
+    from archsearch.study.search import search_summary
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study = optuna.create_study(storage=url, study_name="report", direction="maximize")
+    study.set_user_attr("archsearch", {"kind": "reproduce", "protocol": PROTOCOL})
+    dists = {"row": IntDistribution(0, 16), "loss": CategoricalDistribution(["ce", "kl"])}
+    rows = report_rows()
+    for index, accs in ((0, [0.7834]), (6, [0.878, 0.880])):
+        r = rows[index]
+        report_row = {"index": index, "label": r.label, "params": r.reported_params, "acc": r.reported_acc,
+                      "prec": r.reported_prec, "rec": r.reported_rec}  # fmt: skip
+        study.add_trial(
+            create_trial(
+                params={"row": index, "loss": "ce"},
+                distributions=dists,
+                value=statistics.fmean(accs),
+                user_attrs=trial_attrs(str(r.spec), accs, report_row=report_row),
+            )
+        )
+    one, two = "0.7834", f"0.8790 ± {statistics.stdev([0.878, 0.880]):.4f}"
+    result = analyze_study(url, "report")
+    tables = {title.split(" (")[0]: body for title, _, body in format_tables(result)}
+    by_spec = {line[1]: line for line in tables["Complete trials of report, best first"]}
+    assert by_spec[str(rows[0].spec)][5] == one and by_spec[str(rows[6].spec)][5] == two
+    against = {line[0]: line[4] for line in tables["Against the report"]}
+    assert against == {"0": one, "6": two}
+    assert "0.7834 ±" not in markdown_of(result) and f"| {two} |" in markdown_of(result)
+
+    collected = result["report"]["results"]
+    assert [r["n_runs"] for r in collected] == [1, 2]
+    text = report_markdown(collected, result["report"]["comparisons"], {})
+    assert "| 0.7834 | " in text and "0.7834 ±" not in text and f"| {two} | " in text
+    cells = [line[4] for line in reproduction_tables("report", collected, {"runs": 2, "epochs": 2})[0][2]]
+    assert cells == [one, two]
+
+    # a search's rows and its finalists say how many runs they are over
+    summary = search_summary(optuna.load_study(study_name="report", storage=url))
+    assert {r["spec"]: r["n_runs"] for r in summary["top"]} == {str(rows[0].spec): 1, str(rows[6].spec): 2}
+    best = {"trial": 0, "spec": "mlp:32-relu", "params": 25450, "val_acc": 0.81, "val_acc_std": 0.0, "test_acc": 0.8,
+            "test_acc_std": 0.0, "n_runs": 1}  # fmt: skip
+    assert search_tables({"pareto_front": [], "best": best})[0][2] == [
+        ["0", "mlp:32-relu", "25,450", "0.8100", "0.8000"]
+    ]
+    finalist = {**best, "source_trial": 0, "screen_val_acc": 0.8, "epochs": 3, "seeds": [42, 43],
+                "test_per_seed": [0.79, 0.81], "val_acc_std": 0.01, "test_acc_std": 0.0141}  # fmt: skip
+    final = {"study": "s-final", "finalists": [finalist, {**finalist, "seeds": [42], "test_per_seed": [0.8]}]}
+    assert [line[4:6] for line in final_table(final)[2]] == [
+        ["0.8100 ± 0.0100", "0.8000 ± 0.0141"],
+        ["0.8100", "0.8000"],
+    ]
+    assert mean_std(None, None) == "–" and mean_std(0.5, None) == "0.5000" and mean_std(0.5, 0.0) == "0.5000 ± 0.0000"
+
+
+def markdown_of(result: dict[str, Any]) -> str:
+    from archsearch.results.render import markdown
+
+    return markdown(result)

@@ -12,17 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from archsearch.results.analysis import ACTIVATION_ORDER
+from archsearch.results.tables import mean_std
 
 __all__ = ["format_tables", "markdown", "write_analysis"]
 
 
 # ------------------------------------------------------------------------------------------------- tables, Markdown
-
-
-def _pm(mean: Any, std: Any) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.4f} ± {std or 0.0:.4f}"
 
 
 Table = tuple[str, list[str], list[list[str]]]
@@ -45,8 +40,8 @@ def format_tables(result: Mapping[str, Any]) -> list[Table]:
         activation = str(r["activation"]) if r["depth"] else "–"  # mlp:linear has no hidden layer to activate
         line = [str(r["number"]), r["spec"], f"{r['params']:,}", str(r["depth"]), activation]
         line += [str(r.get("loss"))] if multi_loss else []
-        line += [_pm(r["acc_mean"], r["acc_std"])]
-        line += [_pm(r["test_acc_mean"], r["test_acc_std"])] if both else []
+        line += [mean_std(r["acc_mean"], r["acc_std"], len(r["acc_per_seed"]))]
+        line += [mean_std(r["test_acc_mean"], r["test_acc_std"], len(r["test_acc_per_seed"]))] if both else []
         line += ["yes" if r["pareto"] else ""]
         body.append(line)
     tables.append(
@@ -60,15 +55,27 @@ def format_tables(result: Mapping[str, Any]) -> list[Table]:
             f"Pareto front: {metric} (higher) against parameters (fewer)",
             ["trial", "spec", "params", short, *(["test acc"] if both else [])],
             [
-                [str(r["number"]), r["spec"], f"{r['params']:,}", _pm(r["acc_mean"], r["acc_std"])]
-                + ([_pm(r["test_acc_mean"], r["test_acc_std"])] if both else [])
+                [
+                    str(r["number"]),
+                    r["spec"],
+                    f"{r['params']:,}",
+                    mean_std(r["acc_mean"], r["acc_std"], len(r["acc_per_seed"])),
+                ]
+                + ([mean_std(r["test_acc_mean"], r["test_acc_std"], len(r["test_acc_per_seed"]))] if both else [])
                 for r in front
             ],
         )
     )
 
     depth_rows = [
-        [band["label"], str(d["depth"]), str(d["n_trials"]), str(d["n_runs"]), _pm(d["mean"], d["std"]), d["best_spec"]]
+        [
+            band["label"],
+            str(d["depth"]),
+            str(d["n_trials"]),
+            str(d["n_runs"]),
+            mean_std(d["mean"], d["std"], d["n_runs"]),
+            d["best_spec"],
+        ]
         for band in result["depth_effect"]
         for d in band["depths"]
     ]
@@ -87,7 +94,13 @@ def format_tables(result: Mapping[str, Any]) -> list[Table]:
             f"Activation ({how}; {metric}, mean ± std over runs)",
             ["architecture", "activation", "trials", "runs", short],
             [
-                [g["label"], a["activation"], str(a["n_trials"]), str(a["n_runs"]), _pm(a["mean"], a["std"])]
+                [
+                    g["label"],
+                    a["activation"],
+                    str(a["n_trials"]),
+                    str(a["n_runs"]),
+                    mean_std(a["mean"], a["std"], a["n_runs"]),
+                ]
                 for g in act["groups"]
                 for a in g["activations"]
             ],
@@ -118,7 +131,7 @@ def format_tables(result: Mapping[str, Any]) -> list[Table]:
                         r["label"],
                         r["loss"],
                         f"{r['params']:,}",
-                        _pm(r["acc_mean"], r["acc_std"]),
+                        mean_std(r["acc_mean"], r["acc_std"], r["n_runs"]),
                         f"{r['reported_acc']:.4f}",
                         f"{r['acc_diff']:+.4f}",
                     ]

@@ -11,6 +11,7 @@ from archsearch.core.jsonio import dumps
 from archsearch.results.compare import COMPARISONS, NOTES, against_reported
 from archsearch.results.files import atomic_write, check_writable, save_figure
 from archsearch.results.stats import ALPHA
+from archsearch.results.tables import mean_std
 
 __all__ = ["markdown", "write_outputs"]
 
@@ -43,9 +44,9 @@ def markdown(results: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, 
     for r in results:
         lines.append(
             f"| {r['index']} | {r['label']} (`{r['spec']}`) | {r['params']:,} | {r['loss']} | "
-            f"{r['acc_mean']:.4f} ± {r['acc_std']:.4f} | {r['reported_acc']:.4f} | {r['acc_diff']:+.4f} | "
-            f"{r['prec_mean']:.4f} ± {r['prec_std']:.4f} | {r['reported_prec']:.4f} | "
-            f"{r['rec_mean']:.4f} ± {r['rec_std']:.4f} | {r['reported_rec']:.4f} |"
+            f"{mean_std(r['acc_mean'], r['acc_std'], r['n_runs'])} | {r['reported_acc']:.4f} | {r['acc_diff']:+.4f} | "
+            f"{mean_std(r['prec_mean'], r['prec_std'], r['n_runs'])} | {r['reported_prec']:.4f} | "
+            f"{mean_std(r['rec_mean'], r['rec_std'], r['n_runs'])} | {r['reported_rec']:.4f} |"
         )
     lines += ["", "## Reproduced against reported accuracy", ""]
     lines.append("The report gives means only. For each row: the 95% t-interval of the reproduced mean, and whether")

@@ -8,9 +8,35 @@ from typing import Any
 
 from archsearch.results.compare import NOTES, against_reported
 
-__all__ = ["Table", "reproduction_lines", "reproduction_tables", "search_lines", "search_tables", "train_tables"]
+__all__ = [
+    "Table",
+    "mean_std",
+    "reproduction_lines",
+    "reproduction_tables",
+    "search_lines",
+    "search_tables",
+    "train_tables",
+]
 
 Table = tuple[str, list[str], list[list[str]]]
+
+
+def mean_std(mean: Any, std: Any, runs: int | None = None) -> str:
+    """A mean over runs (seeds) as every table and report prints it: "0.7834 ± 0.0012" over two runs or more, "0.7834"
+    alone over one (the studies record a std of 0.0 for one value, where it is undefined), "–" without a mean.
+    ``runs``: how many runs the mean and std are over; None where the row does not say (then a std of None means
+    one run)."""
+    if mean is None:
+        return "–"
+    if std is None or (runs is not None and runs < 2):
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def _finalist_runs(r: Mapping[str, Any]) -> int | None:
+    """How many runs a finalist's accuracies are over: its runs that did not diverge (else its seeds)."""
+    runs = r.get("test_per_seed") or r.get("seeds")
+    return len(runs) if isinstance(runs, list) else None
 
 
 def train_tables(result: Mapping[str, Any]) -> list[Table]:
@@ -35,8 +61,9 @@ def reproduction_tables(study: str, rows: Sequence[dict[str, Any]], meta: Mappin
     out = []
     for r, d in zip(rows, against_reported(rows), strict=True):
         out.append([
-            str(r["index"]), r["label"], f"{r['params']:,}", r["loss"], f"{r['acc_mean']:.4f} ± {r['acc_std']:.4f}",
-            f"{r['reported_acc']:.4f}", f"{r['acc_diff']:+.4f}", d["verdict"],
+            str(r["index"]), r["label"], f"{r['params']:,}", r["loss"],
+            mean_std(r["acc_mean"], r["acc_std"], r["n_runs"]), f"{r['reported_acc']:.4f}", f"{r['acc_diff']:+.4f}",
+            d["verdict"],
             f"{r['prec_mean']:.4f} (rep. {r['reported_prec']:.4f})",
             f"{r['rec_mean']:.4f} (rep. {r['reported_rec']:.4f})",
         ])  # fmt: skip
@@ -62,8 +89,8 @@ def final_table(final: Mapping[str, Any]) -> Table:
     """The finalists: screening validation accuracy, then final validation and test accuracy over more seeds."""
     rows = [
         [str(r["source_trial"]), r["spec"], f"{r['params']:,}", f"{r['screen_val_acc']:.4f}",
-         f"{r['val_acc']:.4f} ± {r['val_acc_std']:.4f}", f"{r['test_acc']:.4f} ± {r['test_acc_std']:.4f}",
-         f"{r['epochs']} × {len(r['seeds'])}"]
+         mean_std(r["val_acc"], r["val_acc_std"], _finalist_runs(r)),
+         mean_std(r["test_acc"], r["test_acc_std"], _finalist_runs(r)), f"{r['epochs']} × {len(r['seeds'])}"]
         for r in final["finalists"]
     ]  # fmt: skip
     headers = ["trial", "spec", "params", "screen val", "final val", "final test", "epochs × seeds"]
@@ -74,8 +101,8 @@ def search_tables(s: Mapping[str, Any]) -> list[Table]:
     shown = s["pareto_front"] or ([s["best"]] if s["best"] else [])
     title = "Pareto front (val accuracy vs parameters)" if s["pareto_front"] else "Best trial"
     rows = [
-        [str(r["trial"]), r["spec"], f"{r['params']:,}", f"{r['val_acc']:.4f} ± {r['val_acc_std']:.4f}",
-         f"{r['test_acc']:.4f} ± {r['test_acc_std']:.4f}"]
+        [str(r["trial"]), r["spec"], f"{r['params']:,}", mean_std(r["val_acc"], r["val_acc_std"], r.get("n_runs")),
+         mean_std(r["test_acc"], r["test_acc_std"], r.get("n_runs"))]
         for r in shown
     ]  # fmt: skip
     tables = [(title, ["trial", "spec", "params", "val acc", "test acc"], rows)]
@@ -101,7 +128,7 @@ def search_lines(s: Mapping[str, Any]) -> list[str]:
                 lines.append(
                     f"finalist ≤ {int(budget):,} params: {r['spec']} ({r['params']:,}) {r['epochs']} epochs × "
                     f"{len(r['seeds'])} seed(s): val {r['val_acc']:.4f}, "
-                    f"test {r['test_acc']:.4f} ± {r['test_acc_std']:.4f}"
+                    f"test {mean_std(r['test_acc'], r['test_acc_std'], _finalist_runs(r))}"
                 )
     lines.append(s["note"])
     return lines

@@ -272,6 +272,7 @@ def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "val_acc_std": ua.get("val", {}).get("accuracy", {}).get("std"),
         "test_acc": ua.get("test", {}).get("accuracy", {}).get("mean"),
         "test_acc_std": ua.get("test", {}).get("accuracy", {}).get("std"),
+        "n_runs": len(ua.get("test_per_seed", {}).get("accuracy") or []) or None,  # how many runs the std is over
         "report_row": ua.get("report_row"),
     }
 
