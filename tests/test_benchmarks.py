@@ -150,3 +150,23 @@ def test_engine_benchmark_measures_both_trees_and_autograd() -> None:
         assert row[key] > 0
     bad = subprocess.run([sys.executable, str(script), "--baseline", "/nonexistent"], capture_output=True, text=True)
     assert bad.returncode == 2 and "holds no archsearch package" in bad.stderr
+
+
+@pytest.mark.slow
+def test_search_benchmark_measures_every_contender_and_k() -> None:
+    """Plumbing only (timings are never asserted): one model, K = 1 and 2, a few steps, one repeat."""
+    script = SCRIPT.with_name("bench_search.py")
+    cmd = [sys.executable, str(script), "--models", "9.7k", "--k", "1,2", "--steps", "4", "--warmup", "2",
+           "--repeats", "1", "--threads", "1", "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["models"]["9.7k"]["params"] == 9714 and report["models"]["9.7k"]["recipe"]["optimizer"] == "sgd"
+    rows = {(r["contender"], r["k"]): r for r in report["rate"]}
+    assert set(rows) == {(c, k) for c in ("textbook", "tuned", "archsearch") for k in (1, 2)}
+    for (_, k), row in rows.items():
+        assert row["model"] == "9.7k" and row["rate"] > 0 and len(row["samples"]) == 1
+        assert row["ratio"] == pytest.approx(row["rate"] / rows[("tuned", k)]["rate"])
+    assert report["whole"] == []
+    bad = subprocess.run([sys.executable, str(script), "--models", "9.7k,99k"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("bench_search.py: error: argument --models: models are ")
