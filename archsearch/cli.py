@@ -5,6 +5,8 @@ No training logic lives here. User errors (``UserError``, bad options) print one
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 import typer
 
 from archsearch import _console as console
+from archsearch.core import interrupts
 from archsearch.core.errors import UserError
 from archsearch.core.protocol import LOSSES, OPTIMIZERS, REPORT_FIRST_SEED, REPORT_PROTOCOL, SCHEDULES, Augment
 
@@ -495,16 +498,14 @@ def dashboard(
 
     Example: archsearch dashboard --storage sqlite:///archsearch.db --port 8080
     """
-    import signal
-
     from archsearch.study import serve
 
-    # Started as a background job, a process ignores SIGINT; Ctrl-C (and whoever stops the server) relies on it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    serve(
-        storage, host=host, port=port, artifact_dir=artifact_dir,
-        on_ready=lambda url: console.print_lines([f"optuna-dashboard: {url}  (Ctrl-C stops)"]),
-    )  # fmt: skip
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(
+            storage, host=host, port=port, artifact_dir=artifact_dir,
+            on_ready=lambda url: console.print_lines([f"optuna-dashboard: {url}  (Ctrl-C stops)"]),
+        )  # fmt: skip
+    raise typer.Exit(0)  # Ctrl-C (or SIGTERM) is how a server is meant to stop: not an interruption of work
 
 
 EXTRAS = {"dashboard": "optuna_dashboard", "postgres": "psycopg", "onnx": "onnxscript", "digits": "sklearn"}
@@ -583,16 +584,21 @@ def main(argv: list[str] | None = None) -> int:
         with typer.Context(command, info_name="archsearch") as ctx:
             sys.stderr.write(command.get_help(ctx) + "\n")
         return 2
-    try:
-        command.main(args=args, prog_name="archsearch", standalone_mode=False)
-    except typer.Exit as err:
-        return int(err.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        sys.stderr.write("archsearch: interrupted\n")
-        return 130
-    except (UserError, typer.TyperException) as err:
-        # click's usage errors (typer.TyperException's subclasses) format their own message
-        message = err.format_message() if hasattr(err, "format_message") else str(err)
-        sys.stderr.write(f"archsearch: error: {' '.join(str(message).split())}\n")
-        return 2
+    with interrupts.handled():
+        try:
+            code = command.main(args=args, prog_name="archsearch", standalone_mode=False)
+        except typer.Exit as err:
+            return int(err.exit_code)
+        except KeyboardInterrupt:  # typer returns a KeyboardInterrupt as the exit code 130; this is in case it raises
+            code = 130
+        except (UserError, typer.TyperException) as err:
+            # click's usage errors (typer.TyperException's subclasses) format their own message
+            message = err.format_message() if hasattr(err, "format_message") else str(err)
+            sys.stderr.write(f"archsearch: error: {' '.join(str(message).split())}\n")
+            return 2
+        if code == 130 or interrupts.received() is not None:
+            signum = interrupts.received()
+            how = f" by {signal.Signals(signum).name}" if signum not in (None, signal.SIGINT) else ""
+            sys.stderr.write(f"archsearch: interrupted{how}\n")
+            return interrupts.exit_code()
     return 0

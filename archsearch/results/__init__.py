@@ -3,7 +3,7 @@ tables, Markdown and plots. Imports only :mod:`archsearch.core`: rows in, text a
 
 from archsearch.results.analysis import activation_effect, depth_effect, pareto_front
 from archsearch.results.compare import COMPARISONS, NOTES, against_reported, compare
-from archsearch.results.files import atomic_write, check_writable, save_figure
+from archsearch.results.files import check_writable, output_dir, save_figure
 from archsearch.results.render import format_tables, write_analysis
 from archsearch.results.reproduction import write_outputs
 from archsearch.results.stats import t_interval, welch
@@ -14,11 +14,11 @@ __all__ = [
     "NOTES",
     "activation_effect",
     "against_reported",
-    "atomic_write",
     "check_writable",
     "compare",
     "depth_effect",
     "format_tables",
+    "output_dir",
     "pareto_front",
     "reproduction_lines",
     "reproduction_tables",

@@ -313,16 +313,14 @@ def _plots(result: Mapping[str, Any], out: Path) -> list[str]:
 def write_analysis(result: Mapping[str, Any], out_dir: str | Path) -> list[str]:
     """Write the PNG plots and ANALYSIS.md into ``out_dir``; returns the file names written.
 
-    An out dir that cannot be created or written is a ``UserError`` before anything is written. Each file is
-    written whole (temporary file, then rename), so a reader never sees half a file.
+    An out dir that cannot be created or written is a ``UserError`` before anything is written; the files are put
+    in place all together or not at all (:func:`archsearch.results.files.output_dir`).
     """
-    from archsearch.results.files import check_writable
+    from archsearch.results.files import check_writable, output_dir
 
     out = Path(out_dir)
     check_writable(out)
-    images = _plots(result, out)
-    text = markdown(result, images)
-    tmp = out / ".ANALYSIS.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "ANALYSIS.md")
+    with output_dir(out) as tmp:
+        images = _plots(result, tmp)
+        (tmp / "ANALYSIS.md").write_text(markdown(result, images))
     return [*images, "ANALYSIS.md"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from archsearch.core.jsonio import dumps
 from archsearch.results.compare import COMPARISONS, NOTES, against_reported
-from archsearch.results.files import atomic_write, check_writable, save_figure
+from archsearch.results.files import check_writable, output_dir, save_figure
 from archsearch.results.stats import ALPHA
 from archsearch.results.tables import mean_std
 
@@ -137,7 +137,7 @@ def _plots(results: Sequence[dict[str, Any]], out: Path) -> list[str]:
 def write_outputs(
     out: Path, results: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, Any]], meta: dict[str, Any]
 ) -> list[str]:
-    """Write results.json, REPORT.md and the plots into ``out``; each file is written whole (temp file, rename)."""
+    """Write results.json, REPORT.md and the plots into ``out``, all of them or none (:func:`output_dir`)."""
     check_writable(out)
     payload = {
         "meta": meta,
@@ -146,6 +146,8 @@ def write_outputs(
         "comparisons": list(comparisons),
         "notes": list(NOTES),
     }
-    atomic_write(out / "results.json", dumps(payload))
-    atomic_write(out / "REPORT.md", markdown(results, comparisons, meta))
-    return ["results.json", "REPORT.md", *(_plots(results, out) if results else [])]
+    with output_dir(out) as tmp:
+        (tmp / "results.json").write_text(dumps(payload))
+        (tmp / "REPORT.md").write_text(markdown(results, comparisons, meta))
+        plots = _plots(results, tmp) if results else []
+    return ["results.json", "REPORT.md", *plots]

@@ -26,11 +26,10 @@ import contextlib
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from archsearch.core.errors import UserError
 from archsearch.data import FASHION_MNIST, DatasetInfo
 from archsearch.export.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, check_state_dict
 from archsearch.models import build_model, count_params, parse_spec
+from archsearch.results.files import output_dir
 from archsearch.study.artifacts import WEIGHTS_ATTR, artifact_store, read_trial_weights
 from archsearch.study.storage import DEFAULT_STORAGE, artifact_dir, load_existing_study, storage_label
 
@@ -173,7 +173,7 @@ def export_trial(
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": CHECKPOINT_FORMAT, "spec": str(spec), "seed": str(chosen)}
-    with _atomic_dir(out_dir) as tmp_dir:
+    with output_dir(out_dir, replace=True) as tmp_dir:
         from safetensors.torch import save_file
 
         save_file(state, str(tmp_dir / WEIGHTS_FILE), metadata=meta)
@@ -218,44 +218,6 @@ def _check_out_dir(out_dir: Path) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise UserError(f"cannot write --out {out_dir}: {existing} is not a writable directory")
-
-
-@contextlib.contextmanager
-def _atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``out_dir``; on success it replaces ``out_dir``, on failure it vanishes."""
-    parent = out_dir.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create {parent}: {err.strerror or err}") from None
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        yield tmp
-        mask = _umask()  # mkdtemp (and safetensors) create private files; a checkpoint is an ordinary directory
-        for path in tmp.iterdir():
-            os.chmod(path, 0o666 & ~mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.old-"))
-            os.replace(out_dir, old / "previous")
-            try:
-                os.replace(tmp, out_dir)
-            except OSError:
-                os.replace(old / "previous", out_dir)
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _trials_with_weights(study: optuna.Study) -> str:

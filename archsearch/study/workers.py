@@ -15,17 +15,19 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from archsearch.core.errors import UserError
 from archsearch.data import ensure_dataset, load_dataset
 from archsearch.engine import usable_cores
 from archsearch.study.objective import Hooks
 
-__all__ = ["default_workers", "run_worker", "spawn_workers", "threads_per_worker", "wait_workers"]
+__all__ = ["Workers", "default_workers", "run_worker", "spawn_workers", "threads_per_worker", "wait_workers"]
 
 
 # A worker's peak resident memory on the report's largest rows, with margin (measured: 0.96 GB for one process
@@ -60,6 +62,24 @@ def threads_per_worker(workers: int) -> int:
     return max(1, usable_cores() // workers)
 
 
+@dataclass
+class Workers:
+    """Worker processes started by one command, each writing its stderr to a log of its own: their progress bars
+    would fight the command's own, and the log's last lines explain a worker that fails."""
+
+    procs: list[subprocess.Popen[bytes]]
+    logs: list[IO[bytes]] = field(default_factory=list)
+
+    def last_words(self, proc: subprocess.Popen[bytes]) -> str:
+        """The last line ``proc`` wrote on stderr (empty if it kept no log)."""
+        if proc not in self.procs or len(self.logs) <= self.procs.index(proc):
+            return ""
+        log = self.logs[self.procs.index(proc)]
+        log.seek(0)
+        lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1].strip() if lines else ""
+
+
 def spawn_workers(
     n: int,
     storage: str,
@@ -68,10 +88,10 @@ def spawn_workers(
     device: Any,
     data_dir: Path | None,
     models: str | None = None,
-) -> list[subprocess.Popen[bytes]]:
-    """Start ``n`` ``archsearch worker`` processes on the study (their output goes to stderr); ``models`` limits
-    reproduce workers to the rows the command asked for."""
-    cmd = [sys.executable, "-m", "archsearch", "worker", "--study", study_name, "--storage", storage]
+) -> Workers:
+    """Start ``n`` ``archsearch worker`` processes on the study, in a session of their own (a terminal's Ctrl-C goes
+    to the command, which stops them); ``models`` limits reproduce workers to the rows the command asked for."""
+    cmd = [sys.executable, "-m", "archsearch", "worker", "--study", study_name, "--storage", storage, "--json"]
     if models:
         cmd += ["--models", models]
     cmd += ["--threads", str(threads_per_worker(n))]
@@ -79,17 +99,28 @@ def spawn_workers(
         cmd += ["--device", str(device)]
     if data_dir:
         cmd += ["--data-dir", str(data_dir)]
-    return [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(n)]
+    logs: list[IO[bytes]] = [tempfile.TemporaryFile(prefix="archsearch-worker-") for _ in range(n)]  # noqa: SIM115 (closed by wait)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True) for log in logs]
+    return Workers(procs, logs)
 
 
-def wait_workers(procs: list[subprocess.Popen[bytes]], poll: Callable[[], None], every: float = 2.0) -> None:
-    """Wait for all workers, calling ``poll`` (progress) meanwhile; stop them all if one fails or on Ctrl-C."""
+def wait_workers(
+    workers: Workers | list[subprocess.Popen[bytes]], poll: Callable[[], None], every: float = 2.0
+) -> None:
+    """Wait for all workers, calling ``poll`` (progress) meanwhile; stop them all if one fails or on an interrupt."""
+    pool = workers if isinstance(workers, Workers) else Workers(list(workers))
+    procs = pool.procs
     try:
         while True:
             running = [p for p in procs if p.poll() is None]  # poll() first: it is what sets returncode
             failed = [p for p in procs if p.returncode not in (None, 0)]
             if failed:  # also one that failed after the last look, as all the others finished
-                raise UserError(f"a worker exited with code {failed[0].returncode}; rerun the command to resume")
+                said = pool.last_words(failed[0])
+                raise UserError(
+                    f"a worker exited with code {failed[0].returncode}"
+                    + (f" ({said.removeprefix('archsearch: ')})" if said else "")
+                    + "; rerun the command to resume"
+                )
             if not running:
                 break
             poll()
@@ -100,6 +131,8 @@ def wait_workers(procs: list[subprocess.Popen[bytes]], poll: Callable[[], None],
                 p.terminate()
         for p in procs:
             p.wait()
+        for log in pool.logs:
+            log.close()
     poll()
 
 

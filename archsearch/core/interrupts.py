@@ -1,0 +1,94 @@
+"""Ctrl-C and ``kill``: SIGINT and SIGTERM stop a command at once, and the caller learns which signal it was.
+
+:func:`handled` (the CLI's entry point runs every command in it) makes both signals raise :class:`Interrupted`, a
+``KeyboardInterrupt``: Optuna fails the running trial on it, ``finally`` blocks clean up, and the command exits with
+128 + the signal's number (130, 143), as a shell reports a process the signal killed. SIGINT is taken even where the
+process inherited it ignored (a job started with ``&`` by a script): the command's own Ctrl-C works the same
+everywhere. A second signal while the first one's clean-up runs ends the process at once, with the signal's default
+action.
+
+:func:`deferred` holds a signal off while a few renames put finished files in place, so an output folder is written
+whole or not at all; the signal takes effect when the block ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+__all__ = ["Interrupted", "deferred", "exit_code", "handled", "received"]
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by the first SIGINT or SIGTERM; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_received: int | None = None
+_deferring = 0
+_pending: int | None = None
+
+
+def _handler(signum: int, _frame: FrameType | None) -> None:
+    global _received, _pending
+    if _received is not None:  # a second signal: the user insists
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if _deferring:
+        _pending = signum
+        return
+    _received = signum
+    raise Interrupted(signum)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted`; the previous handlers come back after it.
+    Outside the main thread (where Python allows no handlers) the block runs as it is."""
+    global _received, _pending
+    _received = _pending = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    for signum in SIGNALS:
+        signal.signal(signum, _handler)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def received() -> int | None:
+    """The signal that interrupted this process, if one did."""
+    return _received
+
+
+def exit_code(default: int = 130) -> int:
+    """128 + the signal's number; ``default`` for an interrupt that came from no signal."""
+    return 128 + _received if _received is not None else default
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (inside :func:`handled`) until the block ends, then act on them."""
+    global _deferring, _pending, _received
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _pending is not None:
+            _received, _pending = _pending, None
+            raise Interrupted(_received)
