@@ -1,5 +1,24 @@
+"""``archsearch`` and ``python -m archsearch``: SIGINT and SIGTERM are taken before the command's imports (torch,
+Optuna: seconds), so a signal during start-up stops the command like a signal at any other moment."""
+
+from __future__ import annotations
+
 import sys
 
-from archsearch.cli import main
+from archsearch.core import interrupts
 
-sys.exit(main())
+__all__ = ["run"]
+
+
+def run() -> int:
+    with interrupts.handled(exiting=True):
+        try:
+            from archsearch.cli import main
+        except KeyboardInterrupt:
+            sys.stderr.write(interrupts.stopped_line() + "\n")
+            return interrupts.exit_code()
+        return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -6,7 +6,6 @@ No training logic lives here. User errors (``UserError``, bad options) print one
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -584,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         with typer.Context(command, info_name="archsearch") as ctx:
             sys.stderr.write(command.get_help(ctx) + "\n")
         return 2
-    with interrupts.handled():
+    with interrupts.handled(exiting=argv is None):  # argv None: the program itself, not a caller in Python
         try:
             code = command.main(args=args, prog_name="archsearch", standalone_mode=False)
         except typer.Exit as err:
@@ -596,9 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             message = err.format_message() if hasattr(err, "format_message") else str(err)
             sys.stderr.write(f"archsearch: error: {' '.join(str(message).split())}\n")
             return 2
-        if code == 130 or interrupts.received() is not None:
-            signum = interrupts.received()
-            how = f" by {signal.Signals(signum).name}" if signum not in (None, signal.SIGINT) else ""
-            sys.stderr.write(f"archsearch: interrupted{how}\n")
+        if code == 130:  # a KeyboardInterrupt (a signal: interrupts.Interrupted), which typer returns as 130
+            sys.stderr.write(interrupts.stopped_line() + "\n")
             return interrupts.exit_code()
-    return 0
+    return code if isinstance(code, int) else 0  # typer returns a typer.Exit's code

@@ -5,7 +5,8 @@
 128 + the signal's number (130, 143), as a shell reports a process the signal killed. SIGINT is taken even where the
 process inherited it ignored (a job started with ``&`` by a script): the command's own Ctrl-C works the same
 everywhere. A second signal while the first one's clean-up runs ends the process at once, with the signal's default
-action.
+action. Python drops an exception raised inside a weakref callback or ``__del__``; long loops call :func:`check`, so
+a signal that lands there still stops them.
 
 :func:`deferred` holds a signal off while a few renames put finished files in place, so an output folder is written
 whole or not at all; the signal takes effect when the block ends.
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
-__all__ = ["Interrupted", "deferred", "exit_code", "handled", "received"]
+__all__ = ["Interrupted", "check", "deferred", "exit_code", "handled", "received", "stopped_line"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -52,27 +55,52 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
 
 
 @contextmanager
-def handled() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted`; the previous handlers come back after it.
-    Outside the main thread (where Python allows no handlers) the block runs as it is."""
+def handled(*, exiting: bool = False) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted`; the previous handlers come back after it,
+    or, where the process is ``exiting`` after the block, the signals are ignored: the work is done, and a signal in
+    the last milliseconds must not turn a finished command into a killed one. Outside the main thread (where Python
+    allows no handlers) the block runs as it is."""
     global _received, _pending
     _received = _pending = None
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    hook = sys.unraisablehook
     for signum in SIGNALS:
         signal.signal(signum, _handler)
+    sys.unraisablehook = _unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if exiting else handler)
+
+
+def _unraisable(unraisable: Any) -> None:
+    """Python's report of an exception it had to drop, less our own interrupt (:func:`check` raises it again)."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        sys.__unraisablehook__(unraisable)
 
 
 def received() -> int | None:
     """The signal that interrupted this process, if one did."""
     return _received
+
+
+def check() -> None:
+    """Raise :class:`Interrupted` again if a signal came: Python swallows an exception raised while it runs a
+    weakref callback or a ``__del__`` (it prints "Exception ignored in ..."), and a signal can land there. Long loops
+    (the training loop's steps, a study's trials) call this, so such an interrupt still stops them."""
+    if _received is not None and not _deferring:
+        raise Interrupted(_received)
+
+
+def stopped_line() -> str:
+    """What a command prints when a signal stopped it."""
+    how = f" by {signal.Signals(_received).name}" if _received not in (None, signal.SIGINT) else ""
+    return f"archsearch: interrupted{how}"
 
 
 def exit_code(default: int = 130) -> int:

@@ -18,8 +18,11 @@ __all__ = [
     "fail",
     "heartbeat",
     "heartbeat_enabled",
+    "set_study_system_attr",
     "set_system_attr",
     "storage_of",
+    "study_system_attr",
+    "system_attrs",
     "trial_id",
     "try_claim",
 ]
@@ -61,3 +64,19 @@ def set_system_attr(storage: BaseStorage, trial: optuna.Trial | FrozenTrial, key
 def fail(study: optuna.Study, trial: FrozenTrial) -> None:
     """Mark another process's RUNNING trial FAIL (raises RuntimeError if it finished meanwhile)."""
     storage_of(study).set_trial_state_values(trial_id(trial), TrialState.FAIL)
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
+    """A system attribute on the study: kept with it for archsearch, and not among the user attributes that every
+    Optuna client prints (``Study.set_system_attr`` is gone from the public API; the storage still has it)."""
+    storage_of(study).set_study_system_attr(study._study_id, key, value)
+
+
+def study_system_attr(study: optuna.Study, key: str) -> Any:
+    """The study's system attribute ``key`` (None if unset)."""
+    return storage_of(study).get_study_system_attrs(study._study_id).get(key)
+
+
+def system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """A running trial's system attributes (``Trial.system_attrs`` is deprecated; the storage has them)."""
+    return storage_of(trial.study).get_trial_system_attrs(trial_id(trial))

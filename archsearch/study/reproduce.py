@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from archsearch.core import interrupts
 from archsearch.core.errors import UserError
 from archsearch.core.protocol import REPORT_FIRST_SEED, REPORT_PROTOCOL, REPORT_RUNS, Protocol
 from archsearch.data import Dataset, ensure_dataset, load_dataset
@@ -227,6 +228,7 @@ def run_reproduce(
                 raise
         study.tell(trial, float(value))  # type: ignore[arg-type]
         stats.trained.append(trial.number)
+        interrupts.check()
     return stats
 
 

@@ -17,24 +17,27 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from archsearch.core import interrupts
 from archsearch.core.errors import UserError
 from archsearch.core.protocol import REPORT_PROTOCOL
 from archsearch.data import DEFAULT_DATASET, Dataset, dataset_info, ensure_dataset, load_dataset
 from archsearch.models import count_params
+from archsearch.study import _optuna
 from archsearch.study.artifacts import artifact_store
 from archsearch.study.finalists import DEFAULT_BUDGETS, FinalConfig, final_summary, run_finalists
 from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
 from archsearch.study.report import report_rows
-from archsearch.study.spaces import Space, SpaceError, parse_space, spec_or_reason
-from archsearch.study.storage import DEFAULT_STORAGE, fail_dead_trials, open_storage, trial_key
+from archsearch.study.sampling import SlotSeededSampler
+from archsearch.study.spaces import Space, SpaceError, check_buildable, parse_space, spec_or_reason
+from archsearch.study.storage import DEFAULT_STORAGE, mark_interrupted, open_storage, retry_lost_trials
 from archsearch.study.workers import spawn_workers, wait_workers
 
 __all__ = [
     "PRUNERS",
     "SAMPLERS",
+    "Duplicate",
     "SearchConfig",
     "check_config",
     "finished_trials",
@@ -101,24 +104,37 @@ class SearchConfig:
 
 
 def _sampler(cfg: SearchConfig, space: Space) -> optuna.samplers.BaseSampler:
+    """The search's sampler, seeded per trial slot (:mod:`archsearch.study.sampling`): a resumed search or a joining
+    worker continues the seeded sequence instead of starting it over."""
+    make = _sampler_maker(cfg, space)
+    make(cfg.seed)  # a bad combination is refused now, not at the first trial
+    return SlotSeededSampler(make, cfg.seed)
+
+
+def _sampler_maker(cfg: SearchConfig, space: Space) -> Callable[[int], optuna.samplers.BaseSampler]:
     multi = len(cfg.objectives) > 1
     if cfg.sampler == "tpe":
-        with warnings.catch_warnings():  # multivariate/group TPE is "experimental" but what conditional spaces need
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True, constant_liar=True)
+
+        def tpe(seed: int) -> optuna.samplers.BaseSampler:
+            with warnings.catch_warnings():  # multivariate/group TPE is "experimental" but what conditional spaces need
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+        return tpe
     if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
+        return lambda seed: optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=cfg.seed)
+        grid = space.grid()
+        return lambda seed: optuna.samplers.GridSampler(grid, seed=seed)
     if cfg.sampler == "cmaes":
         if multi:
             raise UserError("the cmaes sampler is single-objective; use nsga2 or tpe with --objectives accuracy,params")
         # CMA-ES handles the numeric parameters; categorical and conditional ones fall back to TPE.
-        return optuna.samplers.CmaEsSampler(
-            seed=cfg.seed, independent_sampler=optuna.samplers.TPESampler(seed=cfg.seed)
+        return lambda seed: optuna.samplers.CmaEsSampler(
+            seed=seed, independent_sampler=optuna.samplers.TPESampler(seed=seed)
         )
     if cfg.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=cfg.seed)
+        return lambda seed: optuna.samplers.NSGAIISampler(seed=seed)
     raise UserError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -158,8 +174,8 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
     )
     meta, wanted = study.user_attrs.get("archsearch"), cfg.study_meta(space)
     if meta is None:
-        study.set_user_attr("archsearch", wanted)
-        study.set_user_attr(SPACE_ATTR, {"text": space.text, "source": space.source, "name": space.name})
+        study.set_user_attr("archsearch", wanted)  # the space by name and hash; its text where workers read it:
+        _optuna.set_study_system_attr(study, SPACE_ATTR, {"text": space.text, "source": space.source})
     elif meta.get("dataset", DEFAULT_DATASET) != cfg.dataset:
         raise UserError(
             f"study {study_name!r} trains on {meta.get('dataset', DEFAULT_DATASET)}, not {cfg.dataset}: a study "
@@ -170,8 +186,7 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
     # What a worker joining from another machine needs to run the same search (may change between reruns).
     run = {k: getattr(cfg, k) for k in ("n_trials", "timeout", "sampler", "pruner", "runs")}
     study.set_user_attr(RUN_ATTR, {**run, "budgets": list(cfg.budgets)})
-    for number in fail_dead_trials(study):  # a dead worker's trial is tried again with the same parameters
-        study.enqueue_trial(trial_key(study.trials[number]))
+    retry_lost_trials(study)  # an interrupted or dead worker's trial is tried again with the same parameters
     if cfg.include_report:  # those of the report's architectures that fit the space and the dataset's images
         info = dataset_info(cfg.dataset)
         for row in report_rows():
@@ -184,10 +199,11 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
 def load_search_study(storage: Any, study_name: str) -> tuple[optuna.Study, Space, SearchConfig]:
     """Re-open a search study as a worker: the space, sampler and pruner are rebuilt from what the study keeps."""
     probe = optuna.load_study(study_name=study_name, storage=storage)
-    meta, run, kept = (probe.user_attrs.get(k) for k in ("archsearch", RUN_ATTR, SPACE_ATTR))
+    meta, run = probe.user_attrs.get("archsearch"), probe.user_attrs.get(RUN_ATTR)
+    kept = _optuna.study_system_attr(probe, SPACE_ATTR) or probe.user_attrs.get(SPACE_ATTR)  # older: a user attr
     if not meta or meta.get("kind") != "search" or not run or not kept:
         raise UserError(f"study {study_name!r} is not an archsearch search study")
-    space = parse_space(kept["text"], kept["source"], kept["name"])
+    space = parse_space(kept["text"], kept["source"], meta["space"])
     cfg = SearchConfig(
         space=kept["source"], n_trials=run["n_trials"], timeout=run["timeout"], epochs=meta["epochs"],
         runs=len(meta["seeds"]), seed=meta["split_seed"], sampler=run["sampler"], pruner=run["pruner"],
@@ -195,13 +211,66 @@ def load_search_study(storage: Any, study_name: str) -> tuple[optuna.Study, Spac
         dataset=meta.get("dataset", DEFAULT_DATASET),
     )  # fmt: skip
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(cfg, space), pruner=_pruner(cfg))
-    for number in fail_dead_trials(study):
-        study.enqueue_trial(trial_key(study.trials[number]))
+    retry_lost_trials(study)
     return study, space, cfg
 
 
 def finished_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    """Trials that count toward ``--n-trials``: trained to the end or pruned while training. A sample the space could
+    not build (``rejected``) costs no training and does not count."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if "rejected" not in t.user_attrs
+    )
+
+
+class Duplicate(RuntimeError):
+    """The sampler proposed the parameters of a trial the study already has (a small space, mostly): the trial is
+    failed, trains nothing, counts for nothing, and the next trial's sampler draws anew."""
+
+
+def _duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The number of a finished or running trial with ``trial``'s parameters, unless ``trial`` was queued on purpose
+    (a report row, a retried trial)."""
+    if "fixed_params" in _optuna.system_attrs(trial):
+        return None
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    for other in study.get_trials(deepcopy=False, states=states):
+        if other.number != trial.number and other.params == trial.params and "rejected" not in other.user_attrs:
+            return other.number
+    return None
+
+
+# A space that cannot build what it samples, this many times in a row, is given up on rather than sampled forever.
+MAX_UNCOUNTED_IN_A_ROW = 100
+
+
+def _objective(
+    study: optuna.Study, space: Space, cfg: SearchConfig, data: Dataset, train: Callable[..., Any]
+) -> Callable[[optuna.Trial], float | tuple[float, ...]]:
+    multi = len(cfg.objectives) > 1
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
+        try:
+            spec, recipe, reason = spec_or_reason(space, trial, data.info.shape, data.info.num_classes)
+            if spec is None or reason is not None:
+                trial.set_user_attr("rejected", reason)
+                if spec is not None:
+                    trial.set_user_attr("spec", str(spec))
+                    trial.set_user_attr("params", count_params(spec, data.info.shape, data.info.num_classes))
+                if multi:  # multi-objective trials cannot be pruned: mark them failed instead, with the reason
+                    raise SpaceError(reason or "rejected")
+                raise optuna.TrialPruned(reason)  # pruned: tells TPE that this corner of the space is no good
+            if (same := _duplicate_of(study, trial)) is not None:
+                trial.set_user_attr("duplicate_of", same)
+                raise Duplicate(f"the parameters of trial {same}")
+            return train(trial, spec, space.protocol(REPORT_PROTOCOL.with_(epochs=cfg.epochs), recipe))
+        except KeyboardInterrupt:
+            mark_interrupted(trial)
+            raise
+
+    return objective
 
 
 def run_search(
@@ -216,50 +285,46 @@ def run_search(
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     artifact_store: Any = None,
 ) -> int:
-    """Run trials until the study has ``cfg.n_trials`` finished ones (or the timeout); returns how many ran now."""
+    """Run trials until the study has ``cfg.n_trials`` finished ones (or the timeout); returns how many trained now
+    (samples the space rejected, and duplicates, train nothing)."""
     if "val" not in data.evals:
         raise ValueError("search data needs a validation split: the objective must never see the test set")
-    base = REPORT_PROTOCOL.with_(epochs=cfg.epochs)
     multi = len(cfg.objectives) > 1
 
-    def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
-        spec, recipe, reason = spec_or_reason(space, trial, data.info.shape, data.info.num_classes)
-        if spec is None or reason is not None:
-            trial.set_user_attr("rejected", reason)
-            if spec is not None:
-                trial.set_user_attr("spec", str(spec))
-                trial.set_user_attr("params", count_params(spec, data.info.shape, data.info.num_classes))
-            if multi:  # multi-objective trials cannot be pruned: mark them failed instead, with the reason
-                raise SpaceError(reason or "rejected")
-            raise optuna.TrialPruned(reason)
-        protocol = space.protocol(base, recipe)
+    def train(trial: optuna.Trial, spec: Any, protocol: Any) -> float | tuple[float, ...]:
         return run_trial(
-            trial,
-            spec,
-            cfg.seeds,
-            protocol,
-            data,
-            device=device,
-            threads=threads,
-            objectives=cfg.objectives,
-            prune=not multi,
-            hooks=hooks,
-            artifact_store=artifact_store,
-        )
+            trial, spec, cfg.seeds, protocol, data, device=device, threads=threads, objectives=cfg.objectives,
+            prune=not multi, hooks=hooks, artifact_store=artifact_store,
+        )  # fmt: skip
 
-    remaining = cfg.n_trials - finished_trials(study)
-    if remaining <= 0:
+    if finished_trials(study) >= cfg.n_trials:
         return 0
-    before = finished_trials(study) + len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    before = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    uncounted: list[optuna.trial.FrozenTrial] = []
+
+    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        interrupts.check()
+        counted = trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and "rejected" not in trial.user_attrs
+        uncounted[:] = [] if counted else [*uncounted, trial]
+        if finished_trials(study) >= cfg.n_trials or len(uncounted) >= MAX_UNCOUNTED_IN_A_ROW:
+            study.stop()
+
     study.optimize(
-        objective,
-        n_trials=remaining,
+        _objective(study, space, cfg, data, train),
         timeout=cfg.timeout,
-        catch=(TrainingDiverged, SpaceError),
-        callbacks=[MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), *callbacks],
+        catch=(TrainingDiverged, SpaceError, Duplicate),
+        callbacks=[stop_when_done, *callbacks],
         gc_after_trial=True,
     )
-    return finished_trials(study) + len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
+    if len(uncounted) >= MAX_UNCOUNTED_IN_A_ROW:
+        last = uncounted[-1].user_attrs
+        why = last.get("rejected") or f"the parameters of trial {last.get('duplicate_of')}"
+        raise UserError(
+            f"the space gave {len(uncounted)} samples in a row that cannot be trained or were done already (last: "
+            f"{why}); widen the space or relax its constraints"
+        )
+    ran = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in before]
+    return sum(1 for t in ran if "rejected" not in t.user_attrs and "duplicate_of" not in t.user_attrs)
 
 
 def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -277,11 +342,21 @@ def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     }
 
 
+def _state_name(t: optuna.trial.FrozenTrial) -> str:
+    """A trial's state for the summary's counts: samples the space rejected and duplicates apart, as they trained
+    nothing."""
+    if "rejected" in t.user_attrs:
+        return "rejected"
+    if "duplicate_of" in t.user_attrs:
+        return "duplicate"
+    return t.state.name.lower()
+
+
 def search_summary(study: optuna.Study) -> dict[str, Any]:
     """Best trial (or Pareto front), the best under each parameter budget, and the report's rows to compare with.
     Validation accuracy chose the models; test accuracy is reported alongside, never used."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    states = [t.state for t in study.trials]
+    states = [_state_name(t) for t in study.trials]
     rows = sorted((_trial_row(t) for t in complete), key=lambda r: -(r["val_acc"] or -math.inf))
     best = rows[0] if rows else None
     front = sorted((_trial_row(t) for t in study.best_trials), key=lambda r: r["params"]) if complete else []
@@ -301,7 +376,7 @@ def search_summary(study: optuna.Study) -> dict[str, Any]:
     return {
         "study": study.study_name,
         "meta": study.user_attrs.get("archsearch"),
-        "counts": {s.name.lower(): states.count(s) for s in TrialState if states.count(s)},
+        "counts": {name: states.count(name) for name in dict.fromkeys(sorted(states))},
         "best": best,
         "pareto_front": front if len(study.directions) > 1 else [],
         "best_under": {str(b): best_under(b) for b in budgets},
@@ -334,6 +409,8 @@ def search_study(
     summarise it all (:func:`search_summary`, ``ran_now``, and ``final``: :func:`final_summary`)."""
     hooks = hooks or Hooks()
     check_config(cfg, space)
+    info = dataset_info(cfg.dataset)
+    check_buildable(space, info.shape, info.num_classes, seed=cfg.seed)  # said once, before the study is touched
     ensure_dataset(cfg.dataset, data_dir)  # missing data fails before the study is touched
     if cfg.val_size is None:  # a sixth of the training images (Fashion-MNIST's 60,000: 10,000), at most 10,000
         n = len(load_dataset(data_dir, dataset=cfg.dataset).train_y)

@@ -35,6 +35,7 @@ __all__ = [
     "Param",
     "Space",
     "SpaceError",
+    "check_buildable",
     "load_space",
     "parse_space",
     "spec_or_reason",
@@ -315,3 +316,31 @@ def spec_or_reason(
     except SpecError as err:
         return None, {}, f"invalid architecture: {err}"
     return spec, values, space.violation(spec, shape, classes)
+
+
+def check_buildable(space: Space, shape: Shape, classes: int, *, seed: int = 0, tries: int = 200) -> None:
+    """Refuse, before any study is touched, a space of which ``tries`` random samples give no architecture that can
+    be trained on images of ``shape`` within its constraints (saying why the most common sample fails)."""
+    import warnings
+    from collections import Counter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    reasons: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    for _ in range(tries):
+        trial = probe.ask()
+        spec, _, reason = spec_or_reason(space, trial, shape, classes)
+        if spec is not None and reason is None:
+            return
+        kind = (reason or "rejected").split(":")[0]
+        reasons[kind] += 1
+        example.setdefault(kind, reason or "rejected")
+        probe.tell(trial, state=optuna.trial.TrialState.FAIL)
+    why = example[reasons.most_common(1)[0][0]]
+    size = f"{shape.height}x{shape.width}"
+    raise SpaceError(
+        f"{space.source or space.name}: none of {tries} sampled architectures can be trained on {size} images "
+        f"within the space's constraints (most often: {why}); widen the space or relax its constraints"
+    )

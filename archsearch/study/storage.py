@@ -25,19 +25,27 @@ from archsearch.study import _optuna
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "FAIL_REASON_ATTR",
+    "LOST_REASONS",
     "OWNER_ATTR",
     "artifact_dir",
     "claim_trial",
     "fail_dead_trials",
     "fail_stale_trials",
     "load_existing_study",
+    "mark_interrupted",
     "open_storage",
+    "retry_lost_trials",
     "storage_label",
     "trial_key",
 ]
 
 DEFAULT_STORAGE = "sqlite:///archsearch.db"
 OWNER_ATTR = "archsearch:owner"
+FAIL_REASON_ATTR = "archsearch:fail_reason"
+RETRY_OF_ATTR = "retry_of"
+INTERRUPTED, WORKER_DIED = "interrupted", "worker died"
+LOST_REASONS = (INTERRUPTED, WORKER_DIED)  # failed through no fault of their own: tried again with the same params
 HEARTBEAT_S = 20
 GRACE_S = 120
 
@@ -180,7 +188,7 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _is_dead_here(trial):
             try:
-                _optuna.set_system_attr(_optuna.storage_of(study), trial, "archsearch:fail_reason", "worker died")
+                _optuna.set_system_attr(_optuna.storage_of(study), trial, FAIL_REASON_ATTR, WORKER_DIED)
                 _optuna.fail(study, trial)
                 failed.append(trial.number)
             except RuntimeError:  # another process finished or failed it first
@@ -195,3 +203,25 @@ def fail_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def mark_interrupted(trial: optuna.Trial) -> None:
+    """Record that ``trial`` is failing because the command was interrupted (it is tried again on resume)."""
+    _optuna.set_system_attr(trial.storage, trial, FAIL_REASON_ATTR, INTERRUPTED)
+
+
+def retry_lost_trials(study: optuna.Study) -> list[int]:
+    """Queue again, once each, the parameters of trials lost to an interrupt or a dead worker (failing the dead
+    ones first); returns the lost trials' numbers. The retry records which trial it repeats (``retry_of``) and keeps
+    the user attributes it was queued with (a report row, say), so it is the same trial to every reader."""
+    fail_dead_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials}
+    lost = []
+    for trial in trials:
+        reason = trial.system_attrs.get(FAIL_REASON_ATTR)
+        if trial.state == TrialState.FAIL and reason in LOST_REASONS and trial.number not in retried:
+            queued = {k: v for k, v in trial.user_attrs.items() if k == "report_row"}
+            study.enqueue_trial(trial_key(trial), user_attrs={**queued, RETRY_OF_ATTR: trial.number})
+            lost.append(trial.number)
+    return lost
