@@ -253,3 +253,17 @@ def test_describe_datasets_reports_presence(tmp_path: Path) -> None:
     assert rows["cifar10"]["shape"] == "3x32x32" and rows["cifar100"]["classes"] == 100
     assert rows["cifar10"]["mean"] is not None and rows["mnist"]["std"] is None
     assert "DIR/cifar-10-batches-py/" in rows["cifar10"]["how"] and "apt-get" in rows["fashion-mnist"]["how"]
+
+
+def test_loading_digits_keeps_every_core() -> None:
+    """scikit-learn's import pinned the process to one core where libxsmm's OpenMP was loaded first (torch's threads
+    then shared that core); loading digits leaves the affinity as it found it."""
+    from tests.conftest import python_in_subprocess
+
+    code = (
+        "import os\nfrom archsearch.engine import check_backends\ncheck_backends()\nbefore = os.sched_getaffinity(0)\n"
+        "from archsearch.data import load_dataset\nload_dataset(None, dataset='digits')\n"
+        "assert os.sched_getaffinity(0) == before, (before, os.sched_getaffinity(0))\nprint(len(before))"
+    )
+    done = python_in_subprocess(code, {})
+    assert done.returncode == 0, done.stderr[-2000:]

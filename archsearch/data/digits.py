@@ -7,6 +7,7 @@ the training part, like every other dataset's).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,20 @@ def digits_location() -> Path:
 
 
 def ensure_digits() -> Path:
-    """The folder of scikit-learn's bundled data, or ``DataError`` when scikit-learn is not installed."""
+    """The folder of scikit-learn's bundled data, or ``DataError`` when scikit-learn is not installed.
+
+    Importing scikit-learn can pin this process to one core (its bundled OpenMP runtime binds the calling thread
+    where another OpenMP runtime, libxsmm's, is already loaded: measured here, the affinity went from {0, 1} to
+    {0}, and torch's threads then shared one core); the affinity is put back as it was.
+    """
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
         import sklearn.datasets
     except ImportError:
         raise DataError(f"the digits dataset is not available: {HOW_TO_GET}") from None
+    finally:
+        if cores is not None and os.sched_getaffinity(0) != cores:
+            os.sched_setaffinity(0, cores)
     return Path(sklearn.datasets.__file__).parent / "data"
 
 
