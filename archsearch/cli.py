@@ -271,7 +271,15 @@ def search(
     n_trials: Annotated[int, typer.Option(min=1, help="Target number of finished trials in the study.")] = 20,
     timeout: Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per trial.")] = 10,
-    runs: Annotated[int, typer.Option(min=1, help="Seeds per trial, trained fused.")] = 1,
+    runs: Annotated[int, typer.Option(min=1, help="Seeds per trial, trained together.")] = 1,
+    fuse: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Trials of one architecture and batch size trained together, each with a recipe of its own "
+            "(1: one trial at a time).",
+        ),
+    ] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the sampler, the validation split and the first run.")] = 42,
     sampler: Annotated[Sampler, typer.Option(help="Optuna sampler.")] = "tpe",
     pruner: Annotated[Pruner, typer.Option(help="Optuna pruner (per-epoch validation accuracy).")] = "median",
@@ -323,7 +331,7 @@ def search(
         space=space, n_trials=n_trials, timeout=timeout, epochs=epochs, runs=runs, seed=seed,
         sampler=str(sampler), pruner=str(pruner), objectives=tuple(o.strip() for o in objectives.split(",")),
         val_size=val_size, train_size=train_size, include_report=include_report, budgets=budget_list,
-        dataset=dataset,
+        dataset=dataset, fuse=fuse,
     )  # fmt: skip
     final = None
     if finalists:

@@ -2,8 +2,9 @@
 
 For every report row and a set of specs that together use every layer kind of the registry (and every recipe
 option), each step that applies (engine.steps.applicable_plans: the C step, the Python step, either with the C first
-conv, autograd) is held to the general autograd step, per training step over 200 steps, to float32 rounding; and on
-every path a seed trained fused with another equals the same seed trained alone.
+conv, autograd) and each layout (the runs fused into one model, or plain models one after another or spread over
+threads) is held to the general fused autograd step, per training step over 200 steps, to float32 rounding; and on
+every path a seed trained with another equals the same seed trained alone.
 """
 
 from __future__ import annotations
@@ -43,8 +44,15 @@ def test_the_cases_use_every_layer_kind() -> None:
     assert used == set(LAYERS)
 
 
+# Every spec can also train as plain models (the layout CPUs take for CNNs at batch 64 or more): one after another,
+# or spread over two threads.
+PLAIN_LAYOUTS = [StepPlan(layout="plain"), StepPlan(layout="plain", groups=2)]
+
+
 def _plans(text: str, protocol: Protocol) -> list[StepPlan]:
-    return applicable_plans(parse_spec(text), protocol, device="cpu", threads=THREADS, shape=FASHION_MNIST_SHAPE)
+    """The plans that apply, the plain layouts among them, ending with the fused autograd step (the reference)."""
+    plans = applicable_plans(parse_spec(text), protocol, device="cpu", threads=THREADS, shape=FASHION_MNIST_SHAPE)
+    return [*(p for p in PLAIN_LAYOUTS if p not in plans), *plans]
 
 
 def _losses(text: str, seeds: list[int], protocol: Protocol, data: Dataset, plan: StepPlan) -> torch.Tensor:
@@ -69,3 +77,13 @@ def test_a_seed_fused_equals_the_seed_alone_on_every_path(text: str, protocol: P
         fused = _losses(text, [7, 8], protocol, small_real, plan)[1:]
         alone = _losses(text, [8], protocol, small_real, plan)
         assert_same_training(fused, alone, rtol=1e-5)
+
+
+@pytest.mark.parametrize("plan", PLAIN_LAYOUTS, ids=lambda p: p.name)
+def test_a_plain_run_is_bit_identical_to_the_run_alone(plan: StepPlan, small_real: Dataset) -> None:
+    """In the plain layout runs share nothing, not even a kernel call: with others, spread over threads or not, a
+    seed trains exactly as alone (one torch thread each)."""
+    text, protocol = "cnn:8ds3p1-bn-r8-bn-r16s2-gap-fc-d0.3", Protocol(epochs=1, augment=Augment(crop=2, flip=True))
+    together = _losses(text, [7, 8, 9], protocol, small_real, plan)
+    for r, seed in enumerate([7, 8, 9]):
+        assert torch.equal(together[r], _losses(text, [seed], protocol, small_real, StepPlan(layout="plain"))[0])

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -248,3 +249,23 @@ def test_cnns_take_the_hand_written_paths_only_where_they_pay(
         assert cnn.name == "autograd" and any("AVX-512" in why for why in cnn.why_not)
     mlp = select_step(report_rows()[6].spec, Protocol(), device="cpu", threads=1, shape=FASHION_MNIST_SHAPE)
     assert mlp.step != "autograd"
+
+
+def test_the_layout_follows_the_workload() -> None:
+    """select_step chooses how K runs share the machine: BatchNorm CNNs at batch 128 on a CPU as plain models, spread
+    over the threads where there are runs for them; small MLPs fused (their accelerators); everything fused on a GPU;
+    runs with recipes of their own (fused trials) as plain models, on any device."""
+    cnn, mlp = parse_spec("cnn:8c3p1-bn-8c3s2p1-bn-16c3p1-bn-p2-fc-d0.2-silu"), parse_spec("mlp:128-relu")
+    big = Protocol(batch_size=128, optimizer="sgd", momentum=0.9)
+
+    def plan(spec: Any, protocol: Protocol, device: str = "cpu", **kw: Any) -> Any:
+        return select_step(spec, protocol, device=device, shape=FASHION_MNIST_SHAPE, cuda_graphs=False, **kw)
+
+    assert plan(cnn, big, threads=2).name == "plain"  # one run: torch's kernels on both threads
+    assert plan(cnn, big, threads=2, runs=4).name == "plain+2threads"
+    assert plan(cnn, big, threads=1, runs=4).name == "plain"
+    assert plan(cnn, big, threads=2, runs=4, device="cuda").layout == "fused"
+    assert plan(cnn, Protocol(), threads=2, runs=4).layout == "fused"  # batch 32: overhead-bound, fused pays
+    assert plan(mlp, Protocol(), threads=2, runs=5).layout == "fused"
+    assert plan(cnn, Protocol(), threads=2, runs=4, recipes_shared=False).name == "plain+2threads"
+    assert plan(mlp, Protocol(), threads=2, runs=4, device="cuda", recipes_shared=False).name == "plain"

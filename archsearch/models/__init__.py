@@ -21,6 +21,7 @@ from archsearch.models.layers import (
 )
 from archsearch.models.plain import build_model, count_params, init_model, macs_per_sample
 from archsearch.models.spec import NUM_CLASSES, Spec, cnn, mlp, parse_spec, spec_from_dict
+from archsearch.models.units import SeededDropout
 
 __all__ = [
     "ACTIVATIONS",
@@ -36,6 +37,7 @@ __all__ = [
     "Pool",
     "Program",
     "Residual",
+    "SeededDropout",
     "SepConv",
     "Spec",
     "SpecError",

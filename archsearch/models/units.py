@@ -33,6 +33,7 @@ __all__ = [
     "GlobalAvgPool",
     "Pool2d",
     "ResidualBlock",
+    "SeededDropout",
     "StackMode",
     "Unit",
 ]
@@ -191,6 +192,22 @@ class FusedDropout(Unit):
         else:  # (K, B, F)
             mask = torch.stack([torch.empty(x.shape[1:]).bernoulli_(keep, generator=g) for g in self.generators])
             mask = mask.to(x.device)
+        return x * mask.div_(keep)
+
+
+class SeededDropout(nn.Module):
+    """One plain run's dropout with its masks drawn from the run's own ``generator``, as :class:`FusedDropout` draws
+    them for that run: the same masks in either layout. In eval mode it is the identity."""
+
+    def __init__(self, p: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.p, self.generator = p, generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty(x.shape).bernoulli_(keep, generator=self.generator).to(x.device)
         return x * mask.div_(keep)
 
 

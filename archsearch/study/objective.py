@@ -17,11 +17,20 @@ import optuna
 from archsearch.core.protocol import Protocol
 from archsearch.data import Dataset
 from archsearch.engine import EpochReport, RunResult, TrainResult, train
-from archsearch.models import Spec, count_params
+from archsearch.models import Spec, count_params, parse_spec
 from archsearch.study.artifacts import save_trial_weights
 from archsearch.study.storage import claim_trial
 
-__all__ = ["Hooks", "TrainingDiverged", "run_trial", "spec_attrs", "summarize"]
+__all__ = [
+    "Hooks",
+    "TrainingDiverged",
+    "epoch_reporter",
+    "finish_trial",
+    "run_trial",
+    "spec_attrs",
+    "start_trial",
+    "summarize",
+]
 
 SCALAR_METRICS = ("accuracy", "precision", "recall", "f1")
 
@@ -69,26 +78,8 @@ def summarize(runs: Sequence[RunResult], split: str) -> dict[str, dict[str, Any]
     return out
 
 
-def run_trial(
-    trial: optuna.Trial,
-    spec: Spec,
-    seeds: Sequence[int],
-    protocol: Protocol,
-    data: Dataset,
-    *,
-    device: Any = None,
-    threads: int | None = None,
-    objectives: Sequence[str] = ("accuracy",),
-    prune: bool = False,
-    hooks: Hooks | None = None,
-    artifact_store: Any = None,
-) -> float | tuple[float, ...]:
-    """Train ``spec`` once per seed (fused) for ``trial``; return the objective value(s).
-
-    The objective is the mean accuracy on the monitored split: ``val`` when the data has one (searches), else
-    ``test`` (the report's protocol, which has no validation set). ``params`` as a second objective is the count.
-    """
-    hooks = hooks or Hooks()
+def start_trial(trial: optuna.Trial, spec: Spec, seeds: Sequence[int], protocol: Protocol, data: Dataset) -> None:
+    """Claim ``trial`` for this process and record what it trains (before training, so a dead trial says so too)."""
     claim_trial(trial)
     for key, value in spec_attrs(spec, data).items():
         trial.set_user_attr(key, value)
@@ -97,28 +88,39 @@ def run_trial(
     trial.set_user_attr("seeds", list(seeds))
     trial.set_user_attr("protocol", protocol.to_dict())
 
+
+def epoch_reporter(
+    trial: optuna.Trial, runs: Sequence[int], objectives: Sequence[str], prune: bool
+) -> Callable[[EpochReport], None]:
+    """What a trial does after each epoch of its ``runs``: report their mean accuracy (learning curves in the
+    dashboard, the pruners' input), fail if every run diverged, prune if the pruner says so."""
     curve: list[float] = []
 
     def on_epoch(report: EpochReport) -> None:
-        hooks.on_epoch(report)
-        curve.append(report.mean_accuracy)
-        if len(objectives) == 1 and not math.isnan(report.mean_accuracy):
-            trial.report(report.mean_accuracy, report.epoch)  # learning curve in the dashboard, pruners' input
+        accuracy = report.mean_over(runs)
+        curve.append(accuracy)
+        if len(objectives) == 1 and not math.isnan(accuracy):
+            trial.report(accuracy, report.epoch)
         else:  # Optuna has no intermediate values for multi-objective trials: keep the curve as an attribute
             trial.set_user_attr("curve", curve)
-        if all(report.diverged):
+        if all(report.diverged[r] for r in runs):
             raise TrainingDiverged(f"loss became NaN or infinite in every run by epoch {report.epoch}")
         if prune and trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {report.epoch}")
 
-    hooks.on_trial(str(spec))
-    try:
-        result = train(
-            spec, seeds, protocol, data, device=device, threads=threads, on_epoch=on_epoch, on_step=hooks.on_step
-        )
-    except TrainingDiverged as err:
-        trial.set_user_attr("fail_reason", str(err))
-        raise
+    return on_epoch
+
+
+def finish_trial(
+    trial: optuna.Trial,
+    result: TrainResult,
+    data: Dataset,
+    *,
+    objectives: Sequence[str] = ("accuracy",),
+    artifact_store: Any = None,
+    hooks: Hooks | None = None,
+) -> float | tuple[float, ...]:
+    """Record a trained trial's results on it (metrics per split and seed, weights as an artifact); its value(s)."""
     monitor = "val" if "val" in data.evals else "test"
     trial.set_user_attr("monitor", monitor)
     trial.set_user_attr("diverged_seeds", [r.seed for r in result.runs if r.diverged])
@@ -138,9 +140,47 @@ def run_trial(
     )
     if artifact_store is not None:  # every run's weights, as an Optuna artifact the dashboard lists
         save_trial_weights(trial, result, artifact_store)
-    hooks.on_result(trial, result)
+    (hooks or Hooks()).on_result(trial, result)
     value = summarize(result.runs, monitor)["accuracy"]["mean"]
     if len(objectives) == 1:
         return value
-    params = float(count_params(spec, data.info.shape, data.info.num_classes))
+    params = float(count_params(parse_spec(result.spec), data.info.shape, data.info.num_classes))
     return tuple(value if o == "accuracy" else params for o in objectives)
+
+
+def run_trial(
+    trial: optuna.Trial,
+    spec: Spec,
+    seeds: Sequence[int],
+    protocol: Protocol,
+    data: Dataset,
+    *,
+    device: Any = None,
+    threads: int | None = None,
+    objectives: Sequence[str] = ("accuracy",),
+    prune: bool = False,
+    hooks: Hooks | None = None,
+    artifact_store: Any = None,
+) -> float | tuple[float, ...]:
+    """Train ``spec`` once per seed for ``trial``; return the objective value(s).
+
+    The objective is the mean accuracy on the monitored split: ``val`` when the data has one (searches), else
+    ``test`` (the report's protocol, which has no validation set). ``params`` as a second objective is the count.
+    """
+    hooks = hooks or Hooks()
+    start_trial(trial, spec, seeds, protocol, data)
+    reporter = epoch_reporter(trial, range(len(seeds)), objectives, prune)
+
+    def on_epoch(report: EpochReport) -> None:
+        hooks.on_epoch(report)
+        reporter(report)
+
+    hooks.on_trial(str(spec))
+    try:
+        result = train(
+            spec, seeds, protocol, data, device=device, threads=threads, on_epoch=on_epoch, on_step=hooks.on_step
+        )
+    except TrainingDiverged as err:
+        trial.set_user_attr("fail_reason", str(err))
+        raise
+    return finish_trial(trial, result, data, objectives=objectives, artifact_store=artifact_store, hooks=hooks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from archsearch.models import count_params
 from archsearch.study import _optuna
 from archsearch.study.artifacts import artifact_store
 from archsearch.study.finalists import DEFAULT_BUDGETS, FinalConfig, final_summary, run_finalists
+from archsearch.study.groups import run_group
 from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
 from archsearch.study.report import report_rows
 from archsearch.study.sampling import SlotSeededSampler
@@ -71,6 +73,7 @@ class SearchConfig:
     dataset: str = DEFAULT_DATASET
     include_report: bool = False
     budgets: tuple[int, ...] = DEFAULT_BUDGETS
+    fuse: int = 1  # trials of one architecture trained together (archsearch.study.groups)
 
     @property
     def seeds(self) -> list[int]:
@@ -155,6 +158,10 @@ def check_config(cfg: SearchConfig, space: Space) -> None:
             raise UserError(f"unknown objective {o!r}; use accuracy or accuracy,params")
     if cfg.objectives[0] != "accuracy" or len(set(cfg.objectives)) != len(cfg.objectives):
         raise UserError("objectives must be 'accuracy' or 'accuracy,params'")
+    if cfg.fuse > 1 and len(cfg.objectives) > 1:
+        raise UserError("--fuse trains single-objective searches (Optuna cannot prune multi-objective trials)")
+    if cfg.fuse > 1 and cfg.sampler == "grid":
+        raise UserError("--fuse needs a sampler that fills in a queued trial's recipe; the grid sampler does not")
     _sampler(cfg, space)
     _pruner(cfg)
 
@@ -184,7 +191,7 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
     elif meta != wanted:
         raise UserError(f"study {study_name!r} was made with other settings ({meta}); choose another --study-name")
     # What a worker joining from another machine needs to run the same search (may change between reruns).
-    run = {k: getattr(cfg, k) for k in ("n_trials", "timeout", "sampler", "pruner", "runs")}
+    run = {k: getattr(cfg, k) for k in ("n_trials", "timeout", "sampler", "pruner", "runs", "fuse")}
     study.set_user_attr(RUN_ATTR, {**run, "budgets": list(cfg.budgets)})
     retry_lost_trials(study)  # an interrupted or dead worker's trial is tried again with the same parameters
     if cfg.include_report:  # those of the report's architectures that fit the space and the dataset's images
@@ -208,7 +215,7 @@ def load_search_study(storage: Any, study_name: str) -> tuple[optuna.Study, Spac
         space=kept["source"], n_trials=run["n_trials"], timeout=run["timeout"], epochs=meta["epochs"],
         runs=len(meta["seeds"]), seed=meta["split_seed"], sampler=run["sampler"], pruner=run["pruner"],
         objectives=tuple(meta["objectives"]), val_size=meta["val_size"], train_size=meta.get("train_size"),
-        dataset=meta.get("dataset", DEFAULT_DATASET),
+        dataset=meta.get("dataset", DEFAULT_DATASET), fuse=run.get("fuse", 1),
     )  # fmt: skip
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(cfg, space), pruner=_pruner(cfg))
     retry_lost_trials(study)
@@ -273,6 +280,22 @@ def _objective(
     return objective
 
 
+def _run_groups(
+    study: optuna.Study, space: Space, cfg: SearchConfig, data: Dataset, device: Any, threads: int | None,
+    hooks: Hooks | None, artifact_store: Any, after_trial: Callable[[optuna.trial.FrozenTrial], bool],
+) -> None:  # fmt: skip
+    """Trials in groups of ``cfg.fuse`` (archsearch.study.groups) until ``after_trial`` says stop or time is up."""
+    deadline = time.monotonic() + cfg.timeout if cfg.timeout is not None else math.inf
+    while time.monotonic() < deadline:
+        before = len(study.get_trials(deepcopy=False))
+        k = max(1, min(cfg.fuse, cfg.n_trials - finished_trials(study)))
+        run_group(study, space, data, fuse=k, epochs=cfg.epochs, seeds=cfg.seeds, device=device, threads=threads,
+                  hooks=hooks, artifact_store=artifact_store)  # fmt: skip
+        new = [t for t in study.get_trials(deepcopy=False)[before:] if t.state.is_finished()]
+        if any([after_trial(t) for t in new]):  # every trial seen (a list, not a short-circuit)
+            return
+
+
 def run_search(
     study: optuna.Study,
     space: Space,
@@ -302,20 +325,29 @@ def run_search(
     before = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     uncounted: list[optuna.trial.FrozenTrial] = []
 
-    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def after_trial(trial: optuna.trial.FrozenTrial) -> bool:
+        """Note a finished trial (the callbacks see it too); whether the search is done."""
         interrupts.check()
         counted = trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and "rejected" not in trial.user_attrs
         uncounted[:] = [] if counted else [*uncounted, trial]
-        if finished_trials(study) >= cfg.n_trials or len(uncounted) >= MAX_UNCOUNTED_IN_A_ROW:
+        for callback in callbacks:
+            callback(study, trial)
+        return finished_trials(study) >= cfg.n_trials or len(uncounted) >= MAX_UNCOUNTED_IN_A_ROW
+
+    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if after_trial(trial):
             study.stop()
 
-    study.optimize(
-        _objective(study, space, cfg, data, train),
-        timeout=cfg.timeout,
-        catch=(TrainingDiverged, SpaceError, Duplicate),
-        callbacks=[stop_when_done, *callbacks],
-        gc_after_trial=True,
-    )
+    if cfg.fuse > 1:
+        _run_groups(study, space, cfg, data, device, threads, hooks, artifact_store, after_trial)
+    else:
+        study.optimize(
+            _objective(study, space, cfg, data, train),
+            timeout=cfg.timeout,
+            catch=(TrainingDiverged, SpaceError, Duplicate),
+            callbacks=[stop_when_done],
+            gc_after_trial=True,
+        )
     if len(uncounted) >= MAX_UNCOUNTED_IN_A_ROW:
         last = uncounted[-1].user_attrs
         why = last.get("rejected") or f"the parameters of trial {last.get('duplicate_of')}"

@@ -32,11 +32,15 @@ from archsearch.engine.native import conv, gemm
 from archsearch.engine.steps.handwritten import STREAM_BYTES
 from archsearch.models import Conv, Spec
 
-__all__ = ["CONV_NO_AVX512", "StepPlan", "applicable_plans", "select_step"]
+__all__ = ["CONV_NO_AVX512", "PLAIN_MIN_BATCH", "StepPlan", "applicable_plans", "select_step"]
 
 CONV_NO_AVX512 = "the C conv pays on AVX-512 CPUs only (ARCHSEARCH_CONV=native insists)"
 
 StepKind = Literal["autograd", "python", "c"]
+Layout = Literal["fused", "plain"]
+# A CNN's runs train as plain NCHW models on a CPU from this batch size on (compute-bound: torch's own convolutions
+# beat one grouped convolution over the runs, and NCHW beats channels-last; benchmarks/bench_search.py measures it).
+PLAIN_MIN_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,15 @@ class StepPlan:
     first_conv: Literal["torch", "native"] = "torch"
     xsmm: bool = False  # python step: big layers' products through libxsmm
     stream_bytes: int | None = None  # python and c steps: stream layers of at least this many weight bytes
-    groups: int = 1  # c step: groups of runs, one per thread
+    groups: int = 1  # c step, and the plain layout: groups of runs, one per thread
     graphs: bool = False  # CUDA graph replay
+    layout: Layout = "fused"  # the K runs as one fused model, or as K plain models (engine/plain_runs.py)
     why_not: tuple[str, ...] = field(default=(), compare=False)  # why faster paths were not taken, for `doctor`
 
     @property
     def name(self) -> str:
+        if self.layout == "plain":
+            return "plain" + (f"+{self.groups}threads" if self.groups > 1 else "")
         parts: list[str] = [self.step]
         if self.first_conv == "native":
             parts.append("cconv")
@@ -134,10 +141,14 @@ def applicable_plans(
     threads: int,
     shape: Shape,
     cuda_graphs: bool = True,
+    runs: int = 1,
+    recipes_shared: bool = True,
 ) -> list[StepPlan]:
-    """Every plan that computes ``spec`` under ``protocol`` on ``device`` with ``threads`` CPU threads, fastest first:
-    the C step, the Python step (with the C conv where it applies, then without), autograd (likewise). The last is
-    always plain autograd, which computes everything. ``why_not`` of the first says why faster ones do not apply."""
+    """Every plan that computes ``runs`` runs of ``spec`` under ``protocol`` on ``device`` with ``threads`` CPU
+    threads, fastest first: the plain layout where it pays, the C step, the Python step (with the C conv where it
+    applies, then without), autograd (likewise). The last is always the fused autograd step, which computes
+    everything. ``why_not`` of the first says why faster ones do not apply. Runs that do not share one recipe
+    (``recipes_shared`` false: fused trials) train as plain models, the one plan then."""
     device = torch.device(device)
     cpu, one = device.type == "cpu", threads == 1
     why: list[str] = []
@@ -169,8 +180,27 @@ def applicable_plans(
     else:
         why.append(no_python)
     plans += [StepPlan("autograd", first, graphs=graphs) for first in first_convs]
+    # runs spread over the threads, one torch thread each, where there are runs enough for them
+    plain = StepPlan("autograd", layout="plain", groups=min(threads, runs) if cpu and runs > 1 else 1)
+    if not recipes_shared:  # a fused model's step has one recipe for all its runs
+        return [dataclasses.replace(plain, why_not=("runs with recipes of their own train as plain models",))]
+    if (no_plain := _plain_layout(spec, protocol, cpu, plans[0])) is None:
+        plans.insert(0, plain)
+    else:
+        why.append(no_plain)
     plans[0] = dataclasses.replace(plans[0], why_not=tuple(why))
     return plans
+
+
+def _plain_layout(spec: Spec, protocol: Protocol, cpu: bool, fastest: StepPlan) -> str | None:
+    """Why the runs do not train as plain models (one after another, or spread over the threads), or None."""
+    if not cpu:
+        return "on a GPU the runs train as one fused model"
+    if fastest.step != "autograd":
+        return "a hand-written step trains the fused runs faster"
+    if spec.kind != "cnn" or protocol.batch_size < PLAIN_MIN_BATCH:
+        return f"plain models pay for CNNs at batch {PLAIN_MIN_BATCH} or more"
+    return None
 
 
 def select_step(
@@ -181,6 +211,12 @@ def select_step(
     threads: int,
     shape: Shape,
     cuda_graphs: bool = True,
+    runs: int = 1,
+    recipes_shared: bool = True,
 ) -> StepPlan:
-    """The fastest step that computes ``spec`` under ``protocol`` on ``device`` with ``threads`` CPU threads."""
-    return applicable_plans(spec, protocol, device=device, threads=threads, shape=shape, cuda_graphs=cuda_graphs)[0]
+    """The fastest step and layout that compute ``runs`` runs of ``spec`` under ``protocol`` on ``device`` with
+    ``threads`` CPU threads (see :func:`applicable_plans`)."""
+    return applicable_plans(
+        spec, protocol, device=device, threads=threads, shape=shape, cuda_graphs=cuda_graphs, runs=runs,
+        recipes_shared=recipes_shared,
+    )[0]  # fmt: skip
