@@ -273,13 +273,13 @@ def search(
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per trial.")] = 10,
     runs: Annotated[int, typer.Option(min=1, help="Seeds per trial, trained together.")] = 1,
     fuse: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
-            help="Trials of one architecture and batch size trained together, each with a recipe of its own "
-            "(1: one trial at a time).",
+            help="Trials of one architecture and batch size trained together, each with a recipe of its own (1: one "
+            "trial at a time); default: one per CPU thread (up to 4) for CNN spaces on a CPU, else 1.",
         ),
-    ] = 1,
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler, the validation split and the first run.")] = 42,
     sampler: Annotated[Sampler, typer.Option(help="Optuna sampler.")] = "tpe",
     pruner: Annotated[Pruner, typer.Option(help="Optuna pruner (per-epoch validation accuracy).")] = "median",

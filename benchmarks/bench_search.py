@@ -18,8 +18,10 @@ Contenders, every measurement in a process of its own:
     ``CrossEntropyLoss(label_smoothing)``; K runs are K models trained one after another.
 (b) tuned: the same model and recipe with the whole dataset in memory as one float tensor, normalised (and padded for
     the crop) once; each batch is one gather with per-image crop offsets and flips; K models one after another.
-(c) archsearch: ``archsearch.engine.train`` with K seeds (fused as the engine decides), and for the whole-process
+(c) archsearch: ``archsearch.engine.train`` with K seeds in the layout the engine chooses, and for the whole-process
     figure the CLI, ``archsearch train SPEC --seeds 42,... --epochs 1`` with the recipe as flags.
+(d) fused (rate only): the same with the K runs forced into one fused model (grouped convolutions, channels-last),
+    the layout every run of these models took before the engine chose one.
 
 Rate (always): model-steps/s over ``--steps`` steps, after ``--warmup`` steps per model for (a) and (b); the trainer
 reports only at epoch ends, so (c) trains two epochs of a ``--steps``-batch subset and times the second (the first
@@ -56,7 +58,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-CONTENDERS = ("textbook", "tuned", "archsearch")
+# fused: archsearch's runs as one fused model, how these models trained before the engine chose layouts
+CONTENDERS = ("textbook", "tuned", "archsearch", "fused")
 FIRST_SEED = 42
 TRAIN_SIZE = 60000
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training pixels in [0, 1]: the Normalize a textbook loop applies
@@ -230,10 +233,12 @@ def plain_probe(mode: str, contender: str, spec: str, p: Protocol, k: int, steps
     return {"rate": k * steps / seconds} if mode == "rate" else {"accuracy": accuracies}
 
 
-def archsearch_probe(spec: str, p: Protocol, k: int, steps: int, threads: int) -> dict[str, Any]:
-    """(c)'s rate in-process: two epochs of a ``steps``-batch subset, K seeds fused; the second epoch is timed."""
+def archsearch_probe(spec: str, p: Protocol, k: int, steps: int, threads: int, fused: bool) -> dict[str, Any]:
+    """(c)'s rate in-process: two epochs of a ``steps``-batch subset, K seeds in the layout the engine chooses (or,
+    ``fused``, as one fused model); the second epoch is timed."""
     from archsearch.data import Dataset, load_dataset
     from archsearch.engine import train
+    from archsearch.engine.steps import StepPlan
     from archsearch.models import parse_spec
 
     data = load_dataset()
@@ -242,7 +247,7 @@ def archsearch_probe(spec: str, p: Protocol, k: int, steps: int, threads: int) -
     marks: list[float] = []
     seeds = list(range(FIRST_SEED, FIRST_SEED + k))
     result = train(
-        parse_spec(spec), seeds, p.with_(epochs=2), sub, threads=threads,
+        parse_spec(spec), seeds, p.with_(epochs=2), sub, threads=threads, plan=StepPlan() if fused else None,
         on_epoch=lambda _: marks.append(time.perf_counter()),
     )  # fmt: skip
     return {"rate": k * steps / (marks[1] - marks[0]), "engine_step": result.engine_step}
@@ -258,8 +263,8 @@ def probe(argv: list[str]) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     p = Protocol.from_dict(json.loads(protocol))
-    if contender == "archsearch":
-        return archsearch_probe(spec, p, k, steps, threads)
+    if contender in ("archsearch", "fused"):
+        return archsearch_probe(spec, p, k, steps, threads, fused=contender == "fused")
     return plain_probe(mode, contender, spec, p, k, steps, warmup)
 
 
@@ -332,8 +337,10 @@ def run_all(mode: str, args: argparse.Namespace, work: dict[str, tuple[str, dict
     """Every (model, K, contender) ``args.repeats`` times, interleaved: each repeat measures every cell once, the
     contenders in an order rotated per repeat, so that a noisy moment or a drifting clock hits them alike."""
     cells: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    contenders = CONTENDERS if mode == "rate" else CONTENDERS[:3]  # the CLI has no switch for the layout
     for repeat in range(args.repeats):
-        order = CONTENDERS[repeat % 3 :] + CONTENDERS[: repeat % 3]
+        turn = repeat % len(contenders)
+        order = contenders[turn:] + contenders[:turn]
         for model, (spec, p) in work.items():
             for k in args.k:
                 for contender in order:
@@ -342,7 +349,7 @@ def run_all(mode: str, args: argparse.Namespace, work: dict[str, tuple[str, dict
                     if not args.json:
                         print(f"{mode} {model} K={k} {contender}: {result}", file=sys.stderr)
     rows = summarise(
-        {(m, k, c): cells[(m, k, c)] for m in work for k in args.k for c in CONTENDERS},
+        {(m, k, c): cells[(m, k, c)] for m in work for k in args.k for c in contenders},
         "rate" if mode == "rate" else "seconds",
     )
     return rows

@@ -163,7 +163,7 @@ def test_search_benchmark_measures_every_contender_and_k() -> None:
     report = json.loads(proc.stdout)
     assert report["models"]["9.7k"]["params"] == 9714 and report["models"]["9.7k"]["recipe"]["optimizer"] == "sgd"
     rows = {(r["contender"], r["k"]): r for r in report["rate"]}
-    assert set(rows) == {(c, k) for c in ("textbook", "tuned", "archsearch") for k in (1, 2)}
+    assert set(rows) == {(c, k) for c in ("textbook", "tuned", "archsearch", "fused") for k in (1, 2)}
     for (_, k), row in rows.items():
         assert row["model"] == "9.7k" and row["rate"] > 0 and len(row["samples"]) == 1
         assert row["ratio"] == pytest.approx(row["rate"] / rows[("tuned", k)]["rate"])

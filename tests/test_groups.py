@@ -129,3 +129,22 @@ def test_a_killed_group_resumes_and_every_member_finishes_once(tmp_path: Path) -
         assert any(c.params == t.params for c in complete)
     keys = Counter(json.dumps(t.params, sort_keys=True) for t in complete)
     assert max(keys.values()) == 1  # nothing trained twice
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--space", "mlp", "--fuse", "2"], "opens none"),
+        (["--space", "cnn", "--fuse", "2", "--sampler", "grid"], "grid sampler"),
+        (["--space", "cnn", "--fuse", "2", "--objectives", "accuracy,params"], "single-objective"),
+    ],
+)
+def test_fuse_refuses_what_it_cannot_group(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    from archsearch.cli import main
+
+    code = main(["search", "--dataset", "digits", "--storage", f"sqlite:///{tmp_path}/s.db", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s.db").exists()  # refused before the storage was touched

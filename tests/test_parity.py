@@ -9,6 +9,8 @@ every path a seed trained with another equals the same seed trained alone.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -46,7 +48,11 @@ def test_the_cases_use_every_layer_kind() -> None:
 
 # Every spec can also train as plain models (the layout CPUs take for CNNs at batch 64 or more): one after another,
 # or spread over two threads.
-PLAIN_LAYOUTS = [StepPlan(layout="plain"), StepPlan(layout="plain", groups=2)]
+PLAIN_LAYOUTS = [
+    StepPlan(layout="plain"),
+    StepPlan(layout="plain", groups=2),
+    StepPlan(layout="plain", channels_last=True),
+]
 
 
 def _plans(text: str, protocol: Protocol) -> list[StepPlan]:
@@ -85,5 +91,6 @@ def test_a_plain_run_is_bit_identical_to_the_run_alone(plan: StepPlan, small_rea
     seed trains exactly as alone (one torch thread each)."""
     text, protocol = "cnn:8ds3p1-bn-r8-bn-r16s2-gap-fc-d0.3", Protocol(epochs=1, augment=Augment(crop=2, flip=True))
     together = _losses(text, [7, 8, 9], protocol, small_real, plan)
+    alone = dataclasses.replace(plan, groups=1)
     for r, seed in enumerate([7, 8, 9]):
-        assert torch.equal(together[r], _losses(text, [seed], protocol, small_real, StepPlan(layout="plain"))[0])
+        assert torch.equal(together[r], _losses(text, [seed], protocol, small_real, alone)[0])

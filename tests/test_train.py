@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -259,7 +260,9 @@ def test_the_layout_follows_the_workload() -> None:
     big = Protocol(batch_size=128, optimizer="sgd", momentum=0.9)
 
     def plan(spec: Any, protocol: Protocol, device: str = "cpu", **kw: Any) -> Any:
-        return select_step(spec, protocol, device=device, shape=FASHION_MNIST_SHAPE, cuda_graphs=False, **kw)
+        # calibrate=False: the memory format a CPU measures faster is tested below, apart from the layout
+        return select_step(spec, protocol, device=device, shape=FASHION_MNIST_SHAPE, cuda_graphs=False, calibrate=False,
+                           **kw)  # fmt: skip
 
     assert plan(cnn, big, threads=2).name == "plain"  # one run: torch's kernels on both threads
     assert plan(cnn, big, threads=2, runs=4).name == "plain+2threads"
@@ -269,3 +272,30 @@ def test_the_layout_follows_the_workload() -> None:
     assert plan(mlp, Protocol(), threads=2, runs=5).layout == "fused"
     assert plan(cnn, Protocol(), threads=2, runs=4, recipes_shared=False).name == "plain+2threads"
     assert plan(mlp, Protocol(), threads=2, runs=4, device="cuda", recipes_shared=False).name == "plain"
+
+
+def test_a_plain_cnns_memory_format_is_measured_once_and_cached(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from archsearch.engine.steps import calibrate
+
+    monkeypatch.setenv("ARCHSEARCH_CACHE", str(tmp_path))
+    measured: list[str] = []
+    real = calibrate._seconds_per_step
+
+    def timed(*args: Any) -> list[float]:
+        measured.append(args[-1])
+        real(*args)  # the real steps run; the times are made up, so the choice is known
+        return [1.0 if args[-1] == "nchw" else 2.0] * calibrate.STEPS
+
+    monkeypatch.setattr(calibrate, "_seconds_per_step", timed)
+    cnn, big = parse_spec("cnn:4c3p1-bn-8c3s2p1-bn-gap-fc"), Protocol(batch_size=64)
+    plan = select_step(cnn, big, device="cpu", threads=1, shape=FASHION_MNIST_SHAPE, runs=2)
+    assert plan.name == "plain" and not plan.channels_last and sorted(set(measured)) == ["channels_last", "nchw"]
+    stored = json.loads((tmp_path / calibrate.CACHE_FILE).read_text())
+    assert list(stored[calibrate._machine()].values()) == ["nchw"]
+    measured.clear()
+    assert select_step(cnn, big, device="cpu", threads=1, shape=FASHION_MNIST_SHAPE, runs=2) == plan
+    assert measured == []  # the second time from the cache
+    other = select_step(cnn, big, device="cpu", threads=2, shape=FASHION_MNIST_SHAPE, runs=2)
+    assert other.name == "plain+2threads" and measured == []  # spread runs use one thread each: the same key

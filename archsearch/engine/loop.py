@@ -248,7 +248,7 @@ def train(
     if plan is None:
         plan = select_step(
             spec, protocol, device=device, threads=threads, shape=data.info.shape, cuda_graphs=cuda_graphs,
-            runs=len(seeds), recipes_shared=all(r == protocol for r in recipes),
+            runs=len(seeds), recipes_shared=all(r == protocol for r in recipes), classes=data.info.num_classes,
         )  # fmt: skip
     with on_device(device), torch_threads(threads):
         data = data.to(device)
@@ -278,7 +278,8 @@ def _make_runs(
     aug_gens = [noise_generator(int(s), AUGMENT_STREAM) for s in seeds]
     if plan.layout == "plain":
         return PlainRuns(
-            spec, recipes, data, gens, aug_gens, drop_gens, groups=plan.groups, record_steps=record_steps
+            spec, recipes, data, gens, aug_gens, drop_gens, groups=plan.groups, record_steps=record_steps,
+            channels_last=plan.channels_last,
         ), gens  # fmt: skip
     info = data.info
     plain = [init_model(build_model(spec, info.shape, info.num_classes), g) for g in gens]

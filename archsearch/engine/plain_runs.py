@@ -34,7 +34,8 @@ EVAL_CHUNK = 2000
 class PlainRuns:
     """K runs of ``spec`` as plain models: ``protocols[r]`` is run r's recipe (they share batch size and epochs),
     ``gens[r]`` its generator (initialisation, then each epoch's order), ``aug_gens``/``drop_gens`` its noise.
-    ``groups`` > 1 spreads the runs over that many threads (torch on one thread each)."""
+    ``groups`` > 1 spreads the runs over that many threads (torch on one thread each); ``channels_last`` keeps the
+    models and their inputs in that memory format (where it was measured faster, steps/calibrate.py)."""
 
     def __init__(
         self,
@@ -47,12 +48,15 @@ class PlainRuns:
         *,
         groups: int = 1,
         record_steps: bool = False,
+        channels_last: bool = False,
     ) -> None:
         info, device = data.info, data.train_x.device
         self.spec, self.protocols, self.data, self.aug_gens = spec, list(protocols), data, list(aug_gens)
         self.models = [init_model(build_model(spec, info.shape, info.num_classes), g).to(device) for g in gens]
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         for model, g in zip(self.models, drop_gens, strict=True):
             _seed_dropout(model, g)
+            model.to(memory_format=self.memory_format)
         self.opts = [make_optimizer(list(m.parameters()), p) for m, p in zip(self.models, self.protocols, strict=True)]
         self.normalize = info.normalizer(device)
         self.groups = max(1, min(groups, len(self.models)))
@@ -104,6 +108,7 @@ class PlainRuns:
                 x = augment_run(x, protocol.augment, self.aug_gens[r])
             if self.normalize is not None:
                 x = self.normalize(x)
+            x = x.contiguous(memory_format=self.memory_format)
             loss = self._step(model, opt, protocol, x, y_all.index_select(0, idx))
             total += loss
             if self.step_losses is not None:
@@ -129,7 +134,8 @@ class PlainRuns:
         out = []
         for model in self.models:
             model.eval()
-            out.append(torch.cat([model(prep(chunk)).argmax(-1) for chunk in x.split(EVAL_CHUNK)]))
+            chunks = (prep(chunk).contiguous(memory_format=self.memory_format) for chunk in x.split(EVAL_CHUNK))
+            out.append(torch.cat([model(c).argmax(-1) for c in chunks]))
         return torch.stack(out)
 
     def recorded_steps(self) -> list[list[float]] | None:

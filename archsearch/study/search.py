@@ -24,6 +24,7 @@ from archsearch.core import interrupts
 from archsearch.core.errors import UserError
 from archsearch.core.protocol import REPORT_PROTOCOL
 from archsearch.data import DEFAULT_DATASET, Dataset, dataset_info, ensure_dataset, load_dataset
+from archsearch.engine import usable_cores
 from archsearch.models import count_params
 from archsearch.study import _optuna
 from archsearch.study.artifacts import artifact_store
@@ -73,7 +74,7 @@ class SearchConfig:
     dataset: str = DEFAULT_DATASET
     include_report: bool = False
     budgets: tuple[int, ...] = DEFAULT_BUDGETS
-    fuse: int = 1  # trials of one architecture trained together (archsearch.study.groups)
+    fuse: int | None = 1  # trials of one architecture trained together (study/groups.py); None: default_fuse's
 
     @property
     def seeds(self) -> list[int]:
@@ -151,6 +152,23 @@ def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
     raise UserError(f"unknown pruner {cfg.pruner!r}; choose one of {', '.join(PRUNERS)}")
 
 
+def _open_recipe(space: Space) -> bool:
+    """Whether the space samples any of the recipe beyond the batch size (what the members of a group differ in)."""
+    return any(key != "batch_size" and param.fixed is None for key, param in space.recipe.items())
+
+
+def default_fuse(cfg: SearchConfig, space: Space, device: Any, threads: int | None) -> int:
+    """``--fuse`` when not given: on a CPU, a CNN space with an open recipe trains one trial per thread together
+    (up to 4): the plain layout spreads them over the threads (benchmarks/bench_search.py: per model, 1.1-1.4x one
+    trial on both threads); elsewhere one trial at a time (on a GPU a group would train its members one after
+    another, as plain models, and gain nothing)."""
+    cpu = getattr(device, "type", str(device or "cpu")) == "cpu"
+    groupable = len(cfg.objectives) == 1 and cfg.sampler != "grid" and _open_recipe(space)
+    if not cpu or not groupable or space.kind == "mlp":  # cnn and resnet spaces build CNNs
+        return 1
+    return max(1, min(4, threads or usable_cores()))
+
+
 def check_config(cfg: SearchConfig, space: Space) -> None:
     """Refuse a bad configuration before any storage is opened (nothing half-written)."""
     for o in cfg.objectives:
@@ -158,10 +176,13 @@ def check_config(cfg: SearchConfig, space: Space) -> None:
             raise UserError(f"unknown objective {o!r}; use accuracy or accuracy,params")
     if cfg.objectives[0] != "accuracy" or len(set(cfg.objectives)) != len(cfg.objectives):
         raise UserError("objectives must be 'accuracy' or 'accuracy,params'")
-    if cfg.fuse > 1 and len(cfg.objectives) > 1:
+    fuse = cfg.fuse or 1
+    if fuse > 1 and len(cfg.objectives) > 1:
         raise UserError("--fuse trains single-objective searches (Optuna cannot prune multi-objective trials)")
-    if cfg.fuse > 1 and cfg.sampler == "grid":
+    if fuse > 1 and cfg.sampler == "grid":
         raise UserError("--fuse needs a sampler that fills in a queued trial's recipe; the grid sampler does not")
+    if fuse > 1 and not _open_recipe(space):
+        raise UserError(f"--fuse trains trials that differ in their recipe; space {space.name} opens none ([recipe])")
     _sampler(cfg, space)
     _pruner(cfg)
 
@@ -288,7 +309,7 @@ def _run_groups(
     deadline = time.monotonic() + cfg.timeout if cfg.timeout is not None else math.inf
     while time.monotonic() < deadline:
         before = len(study.get_trials(deepcopy=False))
-        k = max(1, min(cfg.fuse, cfg.n_trials - finished_trials(study)))
+        k = max(1, min(cfg.fuse or 1, cfg.n_trials - finished_trials(study)))
         run_group(study, space, data, fuse=k, epochs=cfg.epochs, seeds=cfg.seeds, device=device, threads=threads,
                   hooks=hooks, artifact_store=artifact_store)  # fmt: skip
         new = [t for t in study.get_trials(deepcopy=False)[before:] if t.state.is_finished()]
@@ -338,7 +359,7 @@ def run_search(
         if after_trial(trial):
             study.stop()
 
-    if cfg.fuse > 1:
+    if (cfg.fuse or 1) > 1:
         _run_groups(study, space, cfg, data, device, threads, hooks, artifact_store, after_trial)
     else:
         study.optimize(
@@ -440,6 +461,8 @@ def search_study(
     this process, or in ``workers`` worker processes —, retrain the ``final`` finalists in this process, and
     summarise it all (:func:`search_summary`, ``ran_now``, and ``final``: :func:`final_summary`)."""
     hooks = hooks or Hooks()
+    if cfg.fuse is None:
+        cfg = dataclasses.replace(cfg, fuse=default_fuse(cfg, space, device, threads))
     check_config(cfg, space)
     info = dataset_info(cfg.dataset)
     check_buildable(space, info.shape, info.num_classes, seed=cfg.seed)  # said once, before the study is touched

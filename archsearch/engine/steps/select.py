@@ -29,8 +29,9 @@ import torch
 from archsearch.core.protocol import Protocol
 from archsearch.core.shapes import Shape
 from archsearch.engine.native import conv, gemm
+from archsearch.engine.steps.calibrate import memory_format
 from archsearch.engine.steps.handwritten import STREAM_BYTES
-from archsearch.models import Conv, Spec
+from archsearch.models import NUM_CLASSES, Conv, Spec
 
 __all__ = ["CONV_NO_AVX512", "PLAIN_MIN_BATCH", "StepPlan", "applicable_plans", "select_step"]
 
@@ -54,12 +55,15 @@ class StepPlan:
     groups: int = 1  # c step, and the plain layout: groups of runs, one per thread
     graphs: bool = False  # CUDA graph replay
     layout: Layout = "fused"  # the K runs as one fused model, or as K plain models (engine/plain_runs.py)
+    channels_last: bool = False  # plain layout: the models in channels-last (measured faster: calibrate.py)
     why_not: tuple[str, ...] = field(default=(), compare=False)  # why faster paths were not taken, for `doctor`
 
     @property
     def name(self) -> str:
         if self.layout == "plain":
-            return "plain" + (f"+{self.groups}threads" if self.groups > 1 else "")
+            return (
+                "plain" + ("+cl" if self.channels_last else "") + (f"+{self.groups}threads" if self.groups > 1 else "")
+            )
         parts: list[str] = [self.step]
         if self.first_conv == "native":
             parts.append("cconv")
@@ -143,12 +147,15 @@ def applicable_plans(
     cuda_graphs: bool = True,
     runs: int = 1,
     recipes_shared: bool = True,
+    classes: int = NUM_CLASSES,
+    calibrate: bool = True,
 ) -> list[StepPlan]:
     """Every plan that computes ``runs`` runs of ``spec`` under ``protocol`` on ``device`` with ``threads`` CPU
     threads, fastest first: the plain layout where it pays, the C step, the Python step (with the C conv where it
     applies, then without), autograd (likewise). The last is always the fused autograd step, which computes
     everything. ``why_not`` of the first says why faster ones do not apply. Runs that do not share one recipe
-    (``recipes_shared`` false: fused trials) train as plain models, the one plan then."""
+    (``recipes_shared`` false: fused trials) train as plain models, the one plan then. A plain CNN's memory format
+    is measured on this CPU once and cached (calibrate.py); ``calibrate`` false takes NCHW without measuring."""
     device = torch.device(device)
     cpu, one = device.type == "cpu", threads == 1
     why: list[str] = []
@@ -181,7 +188,17 @@ def applicable_plans(
         why.append(no_python)
     plans += [StepPlan("autograd", first, graphs=graphs) for first in first_convs]
     # runs spread over the threads, one torch thread each, where there are runs enough for them
-    plain = StepPlan("autograd", layout="plain", groups=min(threads, runs) if cpu and runs > 1 else 1)
+    groups = min(threads, runs) if cpu and runs > 1 else 1
+    last = False
+    if (
+        cpu
+        and calibrate
+        and spec.kind == "cnn"
+        and (not recipes_shared or _plain_layout(spec, protocol, cpu, plans[0]) is None)
+    ):
+        per_run = 1 if groups > 1 else threads
+        last = memory_format(spec, shape, classes, protocol.batch_size, per_run) == "channels_last"
+    plain = StepPlan("autograd", layout="plain", groups=groups, channels_last=last)
     if not recipes_shared:  # a fused model's step has one recipe for all its runs
         return [dataclasses.replace(plain, why_not=("runs with recipes of their own train as plain models",))]
     if (no_plain := _plain_layout(spec, protocol, cpu, plans[0])) is None:
@@ -213,10 +230,12 @@ def select_step(
     cuda_graphs: bool = True,
     runs: int = 1,
     recipes_shared: bool = True,
+    classes: int = NUM_CLASSES,
+    calibrate: bool = True,
 ) -> StepPlan:
     """The fastest step and layout that compute ``runs`` runs of ``spec`` under ``protocol`` on ``device`` with
     ``threads`` CPU threads (see :func:`applicable_plans`)."""
     return applicable_plans(
         spec, protocol, device=device, threads=threads, shape=shape, cuda_graphs=cuda_graphs, runs=runs,
-        recipes_shared=recipes_shared,
+        recipes_shared=recipes_shared, classes=classes, calibrate=calibrate,
     )[0]  # fmt: skip
