@@ -294,17 +294,20 @@ def _train_epochs(
     """Every epoch: each run's order, its steps, then the monitored split's accuracy; ``on_epoch`` after each."""
     k, n, device = len(gens), len(data.train_y), data.train_x.device
     steps = math.ceil(n / protocol.batch_size)
-    total, done = steps * protocol.epochs * k, 0
+    total, done, model_steps = steps * protocol.epochs, 0, 0
     monitor = "val" if "val" in data.evals else "test"
     mon_x, mon_y = data.evals[monitor]
     prep = data.info.prep(device)
     diverged = torch.zeros(k, dtype=torch.bool)
     history: list[list[dict[str, float]]] = [[] for _ in range(k)]
 
-    def stepped(count: int) -> None:  # count: steps of one run each (a fused step moves every run)
-        nonlocal done
-        before, done = done, done + count * (k if isinstance(runs, FusedRuns) else 1)
-        if on_step is not None and (done // 200 != before // 200 or done == total):
+    def stepped(count: int) -> None:
+        """``count`` steps of one run each (a fused step moves every run); progress is counted in steps of all the
+        runs, as a fused model takes them."""
+        nonlocal done, model_steps
+        model_steps += count * (k if isinstance(runs, FusedRuns) else 1)
+        before, done = done, model_steps // k
+        if on_step is not None and done != before and (done // 200 != before // 200 or done == total):
             on_step(done, total)
 
     left: frozenset[int] = frozenset()
