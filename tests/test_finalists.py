@@ -128,7 +128,8 @@ def test_every_new_layer_kind_saves_exports_and_evaluates(tmp_path: Path, data: 
         lambda t: float(run_trial(t, spec, [1, 2], protocol, data, threads=1, artifact_store=store)),  # type: ignore[arg-type]
         n_trials=1,
     )
-    assert study.trials[0].user_attrs["engine_step"] == "plain"  # a CNN at batch 64 on a CPU: plain models
+    # a CNN at batch 64 on a CPU: plain models (in the memory format this CPU measured faster: "plain" or "plain+cl")
+    assert study.trials[0].user_attrs["engine_step"].split("+")[0] == "plain"
     export_trial(url, "n", tmp_path / "ckpt", None)
     evaluated = evaluate_checkpoint(tmp_path / "ckpt")
     assert evaluated["matches_recorded"] and evaluated["spec"] == str(spec)
