@@ -139,3 +139,18 @@ def test_short_commands_write_their_folder_whole_or_not_at_all(tmp_path: Path, c
         assert present == whole if code == 0 else present in (whole, []), (code, present)
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary folder left
     assert 130 in outcomes  # at least one signal came while it worked
+
+
+def test_a_clean_up_that_hangs_is_ended_after_its_grace(tmp_path: Path) -> None:
+    """A signal's clean-up that hangs (a database lock the interrupt broke, say) must not keep the command alive."""
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import sys, time\nfrom archsearch.core import interrupts\ninterrupts.GRACE_S = 2.0\n"
+        "with interrupts.handled(exiting=True):\n    try:\n        print('ready', flush=True)\n        time.sleep(60)\n"
+        "    finally:\n        time.sleep(60)  # the clean-up hangs\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    code, _, err, seconds = interrupt(proc, signal.SIGTERM, 0.0)
+    assert code == 143 and 1.5 < seconds < 10
+    assert err.strip().splitlines()[-1] == "archsearch: interrupted by SIGTERM (clean-up took over 2 s: ended)"

@@ -39,6 +39,10 @@ class Interrupted(KeyboardInterrupt):
 _received: int | None = None
 _deferring = 0
 _pending: int | None = None
+_exiting = False
+# After a signal, the clean-up (failing the running trial, stopping workers) gets this long; a process whose clean-up
+# hangs (a database lock it broke by the interrupt, say) is then ended anyway: a rerun recovers what it left.
+GRACE_S = 20.0
 
 
 def _handler(signum: int, _frame: FrameType | None) -> None:
@@ -51,7 +55,18 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
         _pending = signum
         return
     _received = signum
+    if _exiting:
+        watchdog = threading.Timer(GRACE_S, _end, args=(signum,))
+        watchdog.daemon = True  # a process that finishes its clean-up in time exits without waiting for it
+        watchdog.start()
     raise Interrupted(signum)
+
+
+def _end(signum: int) -> None:
+    """The clean-up outlived its grace: say so and end the process with the signal's exit code."""
+    sys.stderr.write(f"{stopped_line()} (clean-up took over {GRACE_S:g} s: ended)\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 @contextmanager
@@ -60,8 +75,9 @@ def handled(*, exiting: bool = False) -> Iterator[None]:
     or, where the process is ``exiting`` after the block, the signals are ignored: the work is done, and a signal in
     the last milliseconds must not turn a finished command into a killed one. Outside the main thread (where Python
     allows no handlers) the block runs as it is."""
-    global _received, _pending
+    global _received, _pending, _exiting
     _received = _pending = None
+    _exiting = _exiting or exiting
     if threading.current_thread() is not threading.main_thread():
         yield
         return
