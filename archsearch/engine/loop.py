@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from archsearch.core import interrupts
-from archsearch.core.metrics import classification_metrics, predict_plain
+from archsearch.core.metrics import EVAL_CHUNK, classification_metrics, predict_plain
 from archsearch.core.protocol import Protocol
 from archsearch.data.dataset import Dataset
 from archsearch.engine.batches import Layout, gather_augmented, gather_batch
@@ -35,7 +35,6 @@ from archsearch.models import FusedModel, Spec, build_model, init_model
 
 __all__ = ["EpochReport", "FusedRuns", "RunResult", "TrainResult", "noise_generator", "train"]
 
-EVAL_CHUNK = 2000
 AUGMENT_STREAM, DROPOUT_STREAM = 1, 2
 
 

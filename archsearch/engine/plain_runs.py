@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from archsearch.core import interrupts
+from archsearch.core.metrics import EVAL_CHUNK
 from archsearch.core.protocol import Protocol
-from archsearch.data.dataset import Dataset
+from archsearch.data.dataset import Dataset, as_float
 from archsearch.engine.augment import augment_run
 from archsearch.engine.loss import per_sample_loss
 from archsearch.engine.optim import lr_at, make_optimizer
@@ -27,8 +28,6 @@ from archsearch.engine.runtime import torch_threads
 from archsearch.models import FusedModel, SeededDropout, Spec, build_model, init_model
 
 __all__ = ["PlainRuns"]
-
-EVAL_CHUNK = 2000
 
 
 class PlainRuns:
@@ -103,7 +102,7 @@ class PlainRuns:
             if scheduled:
                 opt.lr = lr_at(protocol, first_step + i, steps)
             idx = order[at : at + bs]
-            x = _as_float(x_all.index_select(0, idx))
+            x = as_float(x_all.index_select(0, idx))
             if protocol.augment.active:
                 x = augment_run(x, protocol.augment, self.aug_gens[r])
             if self.normalize is not None:
@@ -158,10 +157,6 @@ class PlainRuns:
 
 def _steps(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
-
-
-def _as_float(images: Tensor) -> Tensor:
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 def _seed_dropout(model: nn.Module, generator: torch.Generator) -> None:
