@@ -12,24 +12,41 @@ from typing import Any
 
 import torch
 
-__all__ = ["EVAL_CHUNK", "METRIC_NAMES", "classification_metrics", "predict_plain"]
+__all__ = ["EVAL_CHUNK", "METRIC_NAMES", "classification_metrics", "logits", "predict_plain"]
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1")
 EVAL_CHUNK = 2000
 
 
+def logits(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """``model``'s logits for the inputs ``x`` (N, C, H, W); with ``tta`` the mean of its logits for each image and
+    for the image mirrored left to right (test-time augmentation, a recipe's ``tta``)."""
+    out = model(x)
+    return (out + model(x.flip(-1))) / 2 if tta else out
+
+
 @torch.no_grad()
 def predict_plain(
-    models: Sequence[torch.nn.Module], x: torch.Tensor, prep: Callable[[torch.Tensor], torch.Tensor]
+    models: Sequence[torch.nn.Module],
+    x: torch.Tensor,
+    prep: Callable[[torch.Tensor], torch.Tensor],
+    tta: Sequence[bool] | bool = False,
 ) -> torch.Tensor:
     """Predicted classes (K, N) of K plain models on images ``x``, ``prep`` turning stored pixels into the models'
     input, in fixed-size chunks, on one thread: the one computation both training's final metrics and ``archsearch
     evaluate`` use, so an exported checkpoint rescores its record exactly (whatever threads either ran with: a
-    kernel's summation order may depend on its thread count, and a borderline image would change class)."""
+    kernel's summation order may depend on its thread count, and a borderline image would change class). ``tta``
+    (per model, or for all) evaluates with mirrored images too (:func:`logits`)."""
+    flips = [tta] * len(models) if isinstance(tta, bool) else list(tta)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return torch.stack([torch.cat([m(prep(c)).argmax(-1) for c in x.split(EVAL_CHUNK)]).cpu() for m in models])
+        return torch.stack(
+            [
+                torch.cat([logits(m, prep(c), f).argmax(-1) for c in x.split(EVAL_CHUNK)]).cpu()
+                for m, f in zip(models, flips, strict=True)
+            ]
+        )
     finally:
         torch.set_num_threads(before)
 

@@ -84,6 +84,12 @@ class Protocol:
     warmup_epochs: float = 0.0  # linear warm-up of the learning rate (constant and cosine schedules)
     label_smoothing: float = 0.0
     augment: Augment = field(default_factory=Augment)
+    # Weight averaging: after every step, ema <- d*ema + (1-d)*weights (BatchNorm statistics too), d = min(ema,
+    # (1+step)/(10+step)) so that early steps are not tied to the initialisation; 0 is off. The averaged weights are
+    # what is evaluated, kept and exported.
+    ema: float = 0.0
+    # Test-time augmentation: every evaluation averages the logits of each image and its left-right mirror.
+    tta: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -106,6 +112,10 @@ class Protocol:
             raise ProtocolError(f"warm-up must be between 0 and {self.epochs} epochs, got {self.warmup_epochs!r}")
         if not _number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
             raise ProtocolError(f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not _number(self.ema) or not (self.ema == 0 or 0.5 <= self.ema < 1):
+            raise ProtocolError(f"ema decay must be 0 (off) or in [0.5, 1), got {self.ema!r}")
+        if not isinstance(self.tta, bool):
+            raise ProtocolError(f"tta must be true or false, got {self.tta!r}")
         if not isinstance(self.augment, Augment):
             raise ProtocolError("augment must be an Augment")
 
@@ -126,18 +136,6 @@ class Protocol:
 
     def with_(self, **changes: Any) -> Protocol:
         return replace(self, **changes)
-
-    @property
-    def is_plain_recipe(self) -> bool:
-        """Whether it trains the way the report did (AdamW, constant lr, no smoothing, no augmentation): what the
-        hand-written steps implement. Epochs, batch size, lr and weight decay may differ."""
-        return (
-            self.optimizer == "adamw"
-            and self.schedule == "constant"
-            and self.warmup_epochs == 0
-            and self.label_smoothing == 0
-            and not self.augment.active
-        )
 
     def deviations(self, reference: Protocol | None = None) -> list[str]:
         """Every option that differs from ``reference`` (the report's protocol), in words."""

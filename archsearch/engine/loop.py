@@ -52,6 +52,13 @@ class EpochReport:
     # that left train no further in the plain layout; in a fused model they go on with the others, unreported.
     leave: set[int] = field(default_factory=set)
     left: frozenset[int] = frozenset()  # runs that left at earlier epochs (their accuracy here is not measured)
+    train_seconds: float = 0.0  # this epoch's training, all runs still training together
+    eval_seconds: float = 0.0  # and the monitored split's evaluation
+
+    @property
+    def training(self) -> int:
+        """How many runs trained this epoch (shared the seconds above)."""
+        return len(self.accuracy) - len(self.left)
 
     @property
     def mean_accuracy(self) -> float:
@@ -252,8 +259,8 @@ def train(
     with on_device(device), torch_threads(threads):
         data = data.to(device)
         runs, gens = _make_runs(spec, seeds, protocol, recipes, data, plan, record_steps)
-        history, diverged = _train_epochs(runs, gens, protocol, data, on_epoch, on_step)
-        final = _final_predictions(runs, data)
+        history, diverged, left = _train_epochs(runs, gens, protocol, data, on_epoch, on_step)
+        final = _final_predictions(runs, data, left)
         result = _results(seeds, final, data, history, diverged, runs.recorded_steps())
         seconds = time.perf_counter() - start
         return TrainResult(str(spec), protocol.to_dict(), result, seconds, plan.name, threads, runs.fused())
@@ -289,8 +296,9 @@ def _make_runs(
 def _train_epochs(
     runs: FusedRuns | PlainRuns, gens: list[torch.Generator], protocol: Protocol, data: Dataset,
     on_epoch: Callable[[EpochReport], None] | None, on_step: Callable[[int, int], None] | None,
-) -> tuple[list[list[dict[str, float]]], torch.Tensor]:  # fmt: skip
-    """Every epoch: each run's order, its steps, then the monitored split's accuracy; ``on_epoch`` after each."""
+) -> tuple[list[list[dict[str, float]]], torch.Tensor, frozenset[int]]:  # fmt: skip
+    """Every epoch: each run's order, its steps, then the monitored split's accuracy; ``on_epoch`` after each.
+    Returns each run's history, which runs diverged, and which left before the end."""
     k, n, device = len(gens), len(data.train_y), data.train_x.device
     steps = math.ceil(n / protocol.batch_size)
     total, done, model_steps = steps * protocol.epochs, 0, 0
@@ -311,43 +319,67 @@ def _train_epochs(
 
     left: frozenset[int] = frozenset()
     for epoch in range(1, protocol.epochs + 1):
+        started = time.perf_counter()
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # (K, N)
         mean_loss = runs.epoch(perms, (epoch - 1) * steps, stepped) / steps
         training = [r for r in range(k) if r not in left]
         diverged[training] |= ~torch.isfinite(mean_loss[training])
+        trained = time.perf_counter()
         acc = (runs.predict(mon_x, prep) == mon_y).double().mean(dim=1).cpu()
+        train_s, eval_s = trained - started, time.perf_counter() - trained
         for r in training:
             history[r].append({"epoch": epoch, "train_loss": float(mean_loss[r]), f"{monitor}_accuracy": float(acc[r])})
         if on_epoch is not None:
             report = EpochReport(
-                epoch, protocol.epochs, monitor, acc.tolist(), mean_loss.tolist(), diverged.tolist(), left=left
+                epoch,
+                protocol.epochs,
+                monitor,
+                acc.tolist(),
+                mean_loss.tolist(),
+                diverged.tolist(),
+                left=left,
+                train_seconds=train_s,
+                eval_seconds=eval_s,
             )
             on_epoch(report)
             left = left | report.leave
             runs.leave(left)
             if len(left) == k:
                 break
-    return history, diverged
+    return history, diverged, left
 
 
-def _final_predictions(runs: FusedRuns | PlainRuns, data: Dataset) -> dict[str, torch.Tensor]:
+def _final_predictions(
+    runs: FusedRuns | PlainRuns, data: Dataset, left: frozenset[int]
+) -> dict[str, dict[int, torch.Tensor]]:
     """Final predictions come from each run's *plain* model on the CPU: the exact computation `archsearch evaluate`
     performs on an exported checkpoint, so it reproduces the recorded numbers bit for bit (batched kernels, and a
-    GPU's, round differently: a borderline image or two would change class)."""
-    plain_models = runs.plain_models()
-    cpu_prep = data.info.prep("cpu")
-    return {split: predict_plain(plain_models, x.cpu(), cpu_prep) for split, (x, _) in data.evals.items()}
+    GPU's, round differently: a borderline image or two would change class). Runs that ``left`` (pruned members of
+    a group of trials: nobody reads them) are not evaluated."""
+    models, prep = runs.plain_models(), data.info.prep("cpu")
+    tta = [p.tta for p in runs.protocols] if isinstance(runs, PlainRuns) else [False] * len(models)
+    kept = [r for r in range(len(models)) if r not in left]
+    out: dict[str, dict[int, torch.Tensor]] = {}
+    for split, (x, _) in data.evals.items():
+        if kept:
+            preds = predict_plain([models[r] for r in kept], x.cpu(), prep, [tta[r] for r in kept])
+            out[split] = {r: preds[i] for i, r in enumerate(kept)}
+        else:
+            out[split] = {}
+    return out
 
 
 def _results(
-    seeds: Sequence[int], final: dict[str, torch.Tensor], data: Dataset, history: list[list[dict[str, float]]],
-    diverged: torch.Tensor, steps_by_run: list[list[float]] | None,
+    seeds: Sequence[int], final: dict[str, dict[int, torch.Tensor]], data: Dataset,
+    history: list[list[dict[str, float]]], diverged: torch.Tensor, steps_by_run: list[list[float]] | None,
 ) -> list[RunResult]:  # fmt: skip
+    """Each run's result; a run that left early has no final metrics (``metrics`` empty)."""
     out = []
     for r, seed in enumerate(seeds):
         metrics = {
             split: classification_metrics(final[split][r], y, data.info.num_classes)
             for split, (_, y) in data.evals.items()
+            if r in final[split]
         }
         losses = steps_by_run[r] if steps_by_run is not None else None
         out.append(RunResult(int(seed), metrics, history[r], bool(diverged[r]), losses))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from archsearch.core import interrupts
-from archsearch.core.metrics import EVAL_CHUNK
+from archsearch.core.metrics import EVAL_CHUNK, logits
 from archsearch.core.protocol import Protocol
 from archsearch.data.dataset import Dataset, as_float
 from archsearch.engine.augment import augment_run
@@ -27,7 +27,31 @@ from archsearch.engine.optim import lr_at, make_optimizer
 from archsearch.engine.runtime import torch_threads
 from archsearch.models import FusedModel, SeededDropout, Spec, build_model, init_model
 
-__all__ = ["PlainRuns"]
+__all__ = ["PlainRuns", "WeightAverage"]
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics (a recipe's ``ema``): a model of
+    its own, updated after every optimiser step with decay ``min(decay, (1 + n) / (10 + n))`` at the n-th update, so
+    the first steps do not tie it to the initialisation. Integer buffers (BatchNorm's step count) are copied."""
+
+    def __init__(self, spec: Spec, live: nn.Module, decay: float, data: Dataset, memory_format: torch.memory_format):
+        info = data.info
+        self.model = build_model(spec, info.shape, info.num_classes).to(data.train_x.device)
+        self.model.load_state_dict(live.state_dict())
+        self.model.to(memory_format=memory_format).eval()
+        self.decay, self.updates = decay, 0
+        pairs = list(zip(self.model.state_dict().values(), live.state_dict().values(), strict=True))
+        self.floats = [(a, b) for a, b in pairs if a.is_floating_point()]
+        self.others = [(a, b) for a, b in pairs if not a.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_([a for a, _ in self.floats], [b for _, b in self.floats], 1.0 - d)
+        for a, b in self.others:
+            a.copy_(b)
 
 
 class PlainRuns:
@@ -57,6 +81,10 @@ class PlainRuns:
             _seed_dropout(model, g)
             model.to(memory_format=self.memory_format)
         self.opts = [make_optimizer(list(m.parameters()), p) for m, p in zip(self.models, self.protocols, strict=True)]
+        self.averages = [
+            WeightAverage(spec, m, p.ema, data, self.memory_format) if p.ema else None
+            for m, p in zip(self.models, self.protocols, strict=True)
+        ]
         self.normalize = info.normalizer(device)
         self.groups = max(1, min(groups, len(self.models)))
         self.step_losses: list[list[float]] | None = [[] for _ in self.models] if record_steps else None
@@ -109,6 +137,8 @@ class PlainRuns:
                 x = self.normalize(x)
             x = x.contiguous(memory_format=self.memory_format)
             loss = self._step(model, opt, protocol, x, y_all.index_select(0, idx))
+            if (average := self.averages[r]) is not None:
+                average.update()
             total += loss
             if self.step_losses is not None:
                 self.step_losses[r].append(loss)
@@ -131,19 +161,24 @@ class PlainRuns:
     def predict(self, x: Tensor, prep: Callable[[Tensor], Tensor]) -> Tensor:
         """Predicted classes (K, N) of every run for the images ``x`` (N, C, H, W)."""
         out = []
-        for model in self.models:
+        for model, protocol in zip(self.evaluated(), self.protocols, strict=True):
             model.eval()
             chunks = (prep(chunk).contiguous(memory_format=self.memory_format) for chunk in x.split(EVAL_CHUNK))
-            out.append(torch.cat([model(c).argmax(-1) for c in chunks]))
+            out.append(torch.cat([logits(model, c, protocol.tta).argmax(-1) for c in chunks]))
         return torch.stack(out)
+
+    def evaluated(self) -> list[nn.Module]:
+        """The model each run is evaluated (and kept) as: its weight average where its recipe keeps one."""
+        return [a.model if a is not None else m for m, a in zip(self.models, self.averages, strict=True)]
 
     def recorded_steps(self) -> list[list[float]] | None:
         return self.step_losses
 
     def plain_models(self) -> list[nn.Module]:
-        """Every run's model on the CPU, in eval mode, as ``build_model`` builds it (for final metrics, export)."""
+        """Every run's model on the CPU, in eval mode, as ``build_model`` builds it (for final metrics, export): its
+        averaged weights where its recipe keeps an average."""
         out: list[nn.Module] = []
-        for model in self.models:
+        for model in self.evaluated():
             plain = build_model(self.spec, self.data.info.shape, self.data.info.num_classes)
             plain.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
             out.append(plain.eval())

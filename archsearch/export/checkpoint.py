@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from archsearch.core.errors import UserError
-from archsearch.core.metrics import METRIC_NAMES, classification_metrics, predict_plain
+from archsearch.core.metrics import METRIC_NAMES, classification_metrics, logits, predict_plain
 from archsearch.data import FASHION_MNIST, DatasetInfo, load_dataset
 from archsearch.models import Spec, SpecError, build_model, parse_spec
 
@@ -29,8 +29,10 @@ __all__ = [
     "CONFIG_FILE",
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
+    "MirrorAveraged",
     "check_state_dict",
     "checkpoint_dataset",
+    "checkpoint_tta",
     "evaluate_checkpoint",
     "load_checkpoint",
     "predict_images",
@@ -132,6 +134,25 @@ def checkpoint_dataset(config: dict[str, Any]) -> DatasetInfo:
         raise UserError(f"{CONFIG_FILE}: bad dataset record ({err})") from None
 
 
+class MirrorAveraged(nn.Module):
+    """A model whose logits are the mean over each image and its left-right mirror (a recipe's ``tta``): what the
+    TorchScript and ONNX files of such a checkpoint hold, so that they predict as ``evaluate`` scores."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits(self.model, x, tta=True)
+
+
+def checkpoint_tta(config: dict[str, Any]) -> bool:
+    """Whether the model was trained to be evaluated with mirrored images too (its recipe's ``tta``): evaluate and
+    predict then average the logits of each image and its mirror, as training's evaluation did."""
+    protocol = config.get("protocol")
+    return bool(protocol.get("tta", False)) if isinstance(protocol, dict) else False
+
+
 def load_checkpoint(directory: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint directory: the plain model (CPU, eval mode) and its config. Raises ``UserError`` for a
     missing or invalid config, a weights file that is not safetensors, or weights that do not fit the spec."""
@@ -182,7 +203,7 @@ def evaluate_checkpoint(directory: Path, data_dir: Path | None = None) -> dict[s
             f"{directory} was trained on ({info.shape}, {info.num_classes} classes)"
         )
     x, y = data.evals["test"]
-    preds = predict_plain([model], x, info.prep())[0]
+    preds = predict_plain([model], x, info.prep(), checkpoint_tta(config))[0]
     metrics = classification_metrics(preds, y, info.num_classes)
     recorded = (config.get("metrics") or {}).get("test") or {}
     differences = {
@@ -240,12 +261,12 @@ def predict_images(directory: Path, paths: Sequence[Path]) -> list[dict[str, Any
     probability and every class's."""
     model, config = load_checkpoint(directory)
     info = checkpoint_dataset(config)
-    classes = list(info.classes)
+    classes, tta = list(info.classes), checkpoint_tta(config)
     loaded = [(Path(p), *_open_image(Path(p), info)) for p in paths]  # read all first: a bad file fails before any work
     results = []
     with torch.no_grad():
         for path, x, notes in loaded:
-            probs = torch.softmax(model(x.unsqueeze(0)).double(), dim=-1)[0]
+            probs = torch.softmax(logits(model, x.unsqueeze(0), tta).double(), dim=-1)[0]
             top = int(probs.argmax())
             results.append(
                 {

@@ -41,7 +41,15 @@ from torch import nn
 from archsearch import __version__
 from archsearch.core.errors import UserError
 from archsearch.data import FASHION_MNIST, DatasetInfo
-from archsearch.export.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, check_state_dict
+from archsearch.export.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    MirrorAveraged,
+    check_state_dict,
+    checkpoint_tta,
+)
 from archsearch.models import build_model, count_params, parse_spec
 from archsearch.results.files import output_dir
 from archsearch.study.artifacts import WEIGHTS_ATTR, artifact_store, read_trial_weights
@@ -177,8 +185,9 @@ def export_trial(
         from safetensors.torch import save_file
 
         save_file(state, str(tmp_dir / WEIGHTS_FILE), metadata=meta)
+        served = MirrorAveraged(model).eval() if checkpoint_tta(config) else model
         for fmt in formats:
-            _write_format(fmt, model, tmp_dir / _FORMAT_FILES[fmt], info)
+            _write_format(fmt, served, tmp_dir / _FORMAT_FILES[fmt], info)
         (tmp_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     files = [CONFIG_FILE, WEIGHTS_FILE, *(_FORMAT_FILES[f] for f in formats)]
     return {"out": str(out_dir), "files": files, "config": config}

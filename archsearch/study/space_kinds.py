@@ -26,6 +26,7 @@ from archsearch.models import (
     Linear,
     Pool,
     Residual,
+    SepConv,
     Spec,
 )
 
@@ -98,7 +99,7 @@ def _report_mlp(spec: Spec) -> dict[str, Any] | None:
 
 
 def _sample_cnn(s: Suggest) -> Spec:
-    norm = bool(s("norm"))
+    norm, separable = bool(s("norm")), bool(s("separable"))
     layers: list[Layer] = []
     blocks = int(s("blocks"))
     # "double" asks one width instead of one per block: a search of a few dozen trials should not spend them on
@@ -113,7 +114,8 @@ def _sample_cnn(s: Suggest) -> Spec:
         pool = s("pool", f"pool_{i + 1}")
         for j in range(convs):
             stride = 2 if pool == "stride" and j == convs - 1 else 1
-            layers.append(Conv(channels, kernel, stride, pad, norm=norm))
+            conv = SepConv if separable and layers else Conv  # the first sees the image's few channels: a plain one
+            layers.append(conv(channels, kernel, stride, pad, norm=norm))
         if pool in ("max", "avg"):
             layers.append(Pool(2, pool))
     if s("head") == "gap":
@@ -181,6 +183,7 @@ KINDS: dict[str, SpaceKind] = {
             "pool": ("max",),
             "growth": "free",
             "norm": False,
+            "separable": False,  # every conv after the first depthwise-separable (SepConv: ~k² fewer weights)
             "head": ("flatten",),
             "fc_depth": 1,
             "fc_width": 64,
@@ -193,6 +196,7 @@ KINDS: dict[str, SpaceKind] = {
             "pool": ("max", "avg", "stride", "none"),
             "growth": ("free", "double"),
             "norm": NORM,
+            "separable": NORM,
             "head": ("flatten", "gap"),
         },
         minimum={"blocks": 1, "channels": 1, "kernel": 1, "convs": 1, "fc_depth": 0, "fc_width": 1},

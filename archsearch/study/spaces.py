@@ -6,8 +6,9 @@ archsearch.study.space_kinds for their keys) and defines parameters; each parame
 value (fixed). Per-layer parameters exist only up to the sampled depth (Optuna's define-by-run makes them
 conditional). Constraints: ``max_params``, ``min_params``, ``max_macs`` (compute per image: keeps trials affordable
 on a CPU). A ``[recipe]`` table opens up training (absent keys: the report's protocol): optimizer (adamw | sgd), lr,
-weight_decay, momentum, batch_size, schedule (constant | cosine | onecycle), warmup_epochs, label_smoothing, and the
-augmentation crop (padding), flip, erase (probability). ``[optimizer]`` is the older name of the same table.
+weight_decay, momentum, batch_size, schedule (constant | cosine | onecycle), warmup_epochs, label_smoothing, the
+augmentation crop (padding), flip, erase (probability), ema (weight averaging's decay, 0 off) and tta (evaluate with
+mirrored images too). ``[optimizer]`` is the older name of the same table.
 See ``studies/*.toml`` and ``examples/small_cnn.toml``.
 """
 
@@ -41,14 +42,16 @@ __all__ = [
     "spec_or_reason",
 ]
 
-BUILTIN_SPACES = ("mlp", "cnn", "resnet")
+BUILTIN_SPACES = ("mlp", "cnn", "resnet", "fast")
 _COMMON = {"kind", "name", "description", "max_params", "min_params", "max_macs", "recipe", "optimizer"}
 _AUGMENT = ("crop", "flip", "erase")
 RECIPE_KEYS = (
     "optimizer", "lr", "weight_decay", "momentum", "batch_size", "schedule", "warmup_epochs", "label_smoothing",
-    *_AUGMENT,
+    *_AUGMENT, "ema", "tta",
 )  # fmt: skip
-_RECIPE_ALLOWED: dict[str, tuple[Any, ...]] = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "flip": (False, True)}
+_RECIPE_ALLOWED: dict[str, tuple[Any, ...]] = {
+    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "flip": (False, True), "tta": (False, True),
+}  # fmt: skip
 
 
 class SpaceError(UserError):
@@ -129,6 +132,10 @@ class Space:
         for key in ("batch_size",):
             if key in rest:
                 rest[key] = int(rest[key])
+        if "tta" in rest:
+            rest["tta"] = bool(rest["tta"])
+        if "ema" in rest:
+            rest["ema"] = float(rest["ema"])
         if augment:
             current = base.augment
             rest["augment"] = Augment(

@@ -189,24 +189,31 @@ def applicable_plans(
     plans += [StepPlan("autograd", first, graphs=graphs) for first in first_convs]
     # runs spread over the threads, one torch thread each, where there are runs enough for them
     groups = min(threads, runs) if cpu and runs > 1 else 1
+    only_plain = _only_plain(protocol, recipes_shared)
     last = False
-    if (
-        cpu
-        and calibrate
-        and spec.kind == "cnn"
-        and (not recipes_shared or _plain_layout(spec, protocol, cpu, plans[0]) is None)
-    ):
+    plain_pays = only_plain or _plain_layout(spec, protocol, cpu, plans[0]) is None
+    if cpu and calibrate and spec.kind == "cnn" and plain_pays:
         per_run = 1 if groups > 1 else threads
         last = memory_format(spec, shape, classes, protocol.batch_size, per_run) == "channels_last"
     plain = StepPlan("autograd", layout="plain", groups=groups, channels_last=last)
-    if not recipes_shared:  # a fused model's step has one recipe for all its runs
-        return [dataclasses.replace(plain, why_not=("runs with recipes of their own train as plain models",))]
+    if only_plain:
+        return [dataclasses.replace(plain, why_not=(only_plain,))]
     if (no_plain := _plain_layout(spec, protocol, cpu, plans[0])) is None:
         plans.insert(0, plain)
     else:
         why.append(no_plain)
     plans[0] = dataclasses.replace(plans[0], why_not=tuple(why))
     return plans
+
+
+def _only_plain(protocol: Protocol, recipes_shared: bool) -> str | None:
+    """Why the runs can only train as plain models, or None: a fused model's step has one recipe for all its runs,
+    and only plain models keep averaged weights and evaluate with mirrored images."""
+    if not recipes_shared:
+        return "runs with recipes of their own train as plain models"
+    if protocol.ema or protocol.tta:
+        return "weight averaging (ema) and test-time flips (tta) train as plain models"
+    return None
 
 
 def _plain_layout(spec: Spec, protocol: Protocol, cpu: bool, fastest: StepPlan) -> str | None:
