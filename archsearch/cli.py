@@ -6,7 +6,9 @@ No training logic lives here. User errors (``UserError``, bad options) print one
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
@@ -164,6 +166,10 @@ def train(
     crop: Annotated[int, typer.Option(help="Augmentation: random crop after padding by this many pixels.")] = 0,
     flip: Annotated[bool, typer.Option(help="Augmentation: random horizontal flip.")] = False,
     erase: Annotated[float, typer.Option(help="Augmentation: probability of random erasing.")] = 0.0,
+    ema: Annotated[
+        float, typer.Option(help="Average the weights with this decay per step (e.g. 0.99); evaluated and kept.")
+    ] = P.ema,
+    tta: Annotated[bool, typer.Option(help="Evaluate each image and its mirror (test-time augmentation).")] = P.tta,
     dataset: DatasetOpt = "fashion-mnist",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
@@ -185,7 +191,8 @@ def train(
     protocol = Protocol.from_dict({
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "loss": str(loss),
         "optimizer": str(optimizer), "momentum": momentum, "schedule": str(schedule), "warmup_epochs": warmup,
-        "label_smoothing": label_smoothing, "augment": Augment(crop=crop, flip=flip, erase=erase),
+        "label_smoothing": label_smoothing, "augment": Augment(crop=crop, flip=flip, erase=erase), "ema": ema,
+        "tta": tta,
     })  # fmt: skip
     dev = _runtime(threads, device)
     from archsearch.data import dataset_info
@@ -267,7 +274,25 @@ def reproduce(
 
 @app.command()
 def search(
-    space: Annotated[str, typer.Option(help="Space: mlp, cnn, or a TOML file (see studies/*.toml).")],
+    space: Annotated[
+        str | None,
+        typer.Option(help="Space: mlp, cnn, resnet, fast, or a TOML file (see studies/*.toml); with --time: fast."),
+    ] = None,
+    time_: Annotated[
+        str | None,
+        typer.Option(
+            "--time",
+            help="Plan the whole search for this wall-clock budget (90s, 60m, 1h): a screen, then finalists with 2 "
+            "seeds each, the best exported with --out. The screening and finalist options below are then planned.",
+        ),
+    ] = None,
+    max_params: Annotated[
+        int | None, typer.Option(min=1, help="With --time: the parameter budget of the models searched.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="With --time: write best/ (the exported model), summary.json and REPORT.md here."),
+    ] = None,
     n_trials: Annotated[int, typer.Option(min=1, help="Target number of finished trials in the study.")] = 20,
     timeout: Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per trial.")] = 10,
@@ -319,6 +344,14 @@ def search(
 
     Example: archsearch search --space cnn --n-trials 30 --epochs 5 --finalists 1 --final-epochs 20
     """
+    if time_ is not None:
+        _timed_search(time_, max_params, out_dir, space, dataset, seed, fuse, storage, study_name, device, data_dir,
+                      threads, json_)  # fmt: skip
+        return
+    if space is None:
+        raise UserError("search needs --space (mlp, cnn, resnet, fast or a TOML file), or --time for a planned search")
+    if max_params is not None or out_dir is not None:
+        raise UserError("--max-params and --out belong to a search with --time; a --space file sets max_params")
     from archsearch.results import search_lines, search_tables
     from archsearch.study import FinalConfig, SearchConfig, load_space, search_study
 
@@ -348,6 +381,42 @@ def search(
     console.print_lines(search_lines(summary)[:1])
     console.print_tables(search_tables(summary))
     console.print_lines(search_lines(summary)[1:])
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``60m``, ``1.5h`` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    body, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(body) * unit
+    except ValueError:
+        raise UserError(f"cannot read --time {text!r}; use e.g. 90s, 60m or 1h") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UserError(f"--time must be a positive duration, got {text!r}")
+    return seconds
+
+
+def _timed_search(
+    time_: str, max_params: int | None, out_dir: Path | None, space: str | None, dataset: str, seed: int,
+    fuse: int | None, storage: str | None, study_name: str | None, device: str | None, data_dir: Path | None,
+    threads: int | None, json_: bool,
+) -> None:  # fmt: skip
+    from archsearch.results.budget import budget_lines, budget_tables
+    from archsearch.study.timed import DEFAULT_SPACE, TimedConfig, timed_search
+
+    started = time.monotonic()
+    cfg = TimedConfig(parse_duration(time_), max_params, dataset, seed, space or DEFAULT_SPACE, fuse)
+    dev = _runtime(threads, device)
+    with console.bar(enabled=not json_) as bar:
+        summary = timed_search(
+            cfg, storage_url=storage, study_name=study_name, device=dev, threads=threads, data_dir=data_dir,
+            hooks=console.trial_hooks(bar, "search: seconds of the budget"), out=out_dir, started=started,
+        )  # fmt: skip
+    if json_:
+        console.emit_json(summary)
+        return
+    console.print_tables(budget_tables(summary))
+    console.print_lines(budget_lines(summary))
 
 
 @app.command()

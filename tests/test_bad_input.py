@@ -55,6 +55,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("study does not exist (analyze)", ["analyze", "--study", "nope", "--storage", "sqlite:///{tmp}/has.db"], "nope"),
     ("study does not exist (worker)", ["worker", "--study", "nope", "--storage", "sqlite:///{tmp}/has.db"], "nope"),
     ("unknown command", ["frobnicate"], "No such command"),
+    ("time unreadable", ["search", "--time", "soon"], "cannot read --time 'soon'"),
+    ("time not positive", ["search", "--time", "0m"], "--time must be a positive duration"),
+    ("max-params without --time", ["search", "--space", "cnn", "--max-params", "1000"], "belong to a search with"),
+    ("search without a space or time", ["search"], "search needs --space"),
+    (
+        "timed search, unwritable --out",
+        ["search", "--time", "60s", "--dataset", "digits", "--out", "{tmp}/afile/out"],
+        "cannot write to --out",
+    ),
+    ("ema out of range", ["train", "mlp:5", "--ema", "1.5"], "ema decay must be 0 (off) or in [0.5, 1)"),
 ]
 
 

@@ -26,7 +26,7 @@ from archsearch.models import parse_spec
 from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
 from archsearch.study.storage import fail_dead_trials, trial_key
 
-__all__ = ["DEFAULT_BUDGETS", "FinalConfig", "final_summary", "pick_finalists", "run_finalists"]
+__all__ = ["DEFAULT_BUDGETS", "FinalConfig", "final_study_name", "final_summary", "pick_finalists", "run_finalists"]
 
 DEFAULT_BUDGETS = (10_000, 44_374, 100_000)  # the report CNN's 44,374 parameters among them
 FINAL_ATTR = "archsearch"
@@ -84,12 +84,14 @@ def run_finalists(
     threads: int | None = None,
     hooks: Hooks | None = None,
     artifact_store: Any = None,
+    pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
-    """Train the finalists of ``search`` (those not trained yet) in its ``-final`` study; returns that study."""
+    """Train the finalists of ``search`` (those not trained yet) in its ``-final`` study; returns that study.
+    ``pruner`` may stop a finalist at an epoch boundary (a time budget's deadline); by default none is stopped."""
     name = final_study_name(search.study_name)
     final = optuna.create_study(
         storage=storage, study_name=name, direction="maximize", sampler=optuna.samplers.RandomSampler(0),
-        load_if_exists=True,
+        pruner=pruner or optuna.pruners.NopPruner(), load_if_exists=True,
     )  # fmt: skip
     wanted = {"kind": "final", "source_study": search.study_name, **asdict(cfg), "budgets": list(cfg.budgets)}
     meta = final.user_attrs.get(FINAL_ATTR)
@@ -114,7 +116,7 @@ def run_finalists(
         trial.set_user_attr("screen", {"epochs": source.user_attrs["protocol"]["epochs"], "val": _val(source)})
         value = run_trial(
             trial, parse_spec(source.user_attrs["spec"]), cfg.seeds, protocol, data,
-            device=device, threads=threads, hooks=hooks, artifact_store=artifact_store,
+            device=device, threads=threads, hooks=hooks, artifact_store=artifact_store, prune=pruner is not None,
         )  # fmt: skip
         return float(value)  # type: ignore[arg-type]
 
@@ -136,6 +138,7 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
         "val_acc_std": val.get("std"),
         "test_acc": test.get("mean"),
         "test_acc_std": test.get("std"),
+        "val_per_seed": ua.get("val_per_seed", {}).get("accuracy"),
         "test_per_seed": ua.get("test_per_seed", {}).get("accuracy"),
         "epochs": ua.get("protocol", {}).get("epochs"),
         "seeds": ua.get("seeds"),

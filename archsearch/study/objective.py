@@ -95,10 +95,14 @@ def epoch_reporter(
     """What a trial does after each epoch of its ``runs``: report their mean accuracy (learning curves in the
     dashboard, the pruners' input), fail if every run diverged, prune if the pruner says so."""
     curve: list[float] = []
+    cost: list[list[float]] = []
 
     def on_epoch(report: EpochReport) -> None:
         accuracy = report.mean_over(runs)
         curve.append(accuracy)
+        per_run = max(1, report.training)  # seconds per run: the epoch's time shared by the runs that trained
+        cost.append([round(report.train_seconds / per_run, 4), round(report.eval_seconds / per_run, 4)])
+        trial.set_user_attr("epoch_seconds", cost)  # [training, evaluation] per run and epoch: what plans budgets
         if len(objectives) == 1 and not math.isnan(accuracy):
             trial.report(accuracy, report.epoch)
         else:  # Optuna has no intermediate values for multi-objective trials: keep the curve as an attribute

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "hyperband", "halving", "none")
 SPACE_ATTR = "archsearch:space"
 RUN_ATTR = "archsearch:run"
 OBJECTIVES = {"accuracy": optuna.study.StudyDirection.MAXIMIZE, "params": optuna.study.StudyDirection.MINIMIZE}
@@ -147,6 +147,8 @@ def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, cfg.epochs // 5))
     if cfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs)
+    if cfg.pruner == "halving":  # successive halving over epochs: rungs at 1, 3, 9, … epochs keep the best third
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if cfg.pruner == "none":
         return optuna.pruners.NopPruner()
     raise UserError(f"unknown pruner {cfg.pruner!r}; choose one of {', '.join(PRUNERS)}")
