@@ -123,16 +123,18 @@ def lr_at(protocol: Protocol, step: int, steps_per_epoch: int) -> float:
     """The learning rate for step ``step`` (0-based, over the whole training) of ``protocol``'s schedule.
 
     constant and cosine warm up linearly over ``warmup_epochs`` (from lr/steps to lr), then stay, or decay to 0 along
-    a cosine; onecycle follows OneCycleLR (its warm-up is ``warmup_epochs`` where given, else 30% of the steps).
+    a cosine; onecycle is torch's ``OneCycleLR`` step for step (cosine annealing, ``div_factor`` 25,
+    ``final_div_factor`` 1e4; its warm-up is ``warmup_epochs`` where given, else 30% of the steps): the peak at the
+    warm-up's last step, the final rate at the last step (tests/test_optim.py holds it to torch's).
     """
     lr, total = protocol.lr, protocol.epochs * steps_per_epoch
     warm = round(protocol.warmup_epochs * steps_per_epoch)
     if protocol.schedule == "onecycle":
-        up = warm if warm > 0 else max(1, round(ONECYCLE_PCT * total))
+        peak = (warm if warm > 0 else ONECYCLE_PCT * total) - 1  # OneCycleLR: float(pct_start * total_steps) - 1
         low, final = lr / ONECYCLE_DIV, lr / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV)
-        if step < up:
-            return _cos(low, lr, step / up)
-        return _cos(lr, final, (step - up) / max(1, total - up))
+        if step <= peak:
+            return _cos(low, lr, step / peak) if peak > 0 else lr
+        return _cos(lr, final, (step - peak) / max(1e-12, total - 1 - peak))
     if step < warm:
         return lr * (step + 1) / warm
     if protocol.schedule == "cosine":
