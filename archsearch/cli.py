@@ -604,7 +604,7 @@ def doctor(json_: JsonOpt = False) -> None:
     from archsearch import __version__
     from archsearch.data import DEFAULT_DATASET, default_data_dir, describe_datasets, downloads_allowed
     from archsearch.engine import describe_runtime
-    from archsearch.engine.runtime import plain_reason
+    from archsearch.engine.doctor import plain_reason
 
     report: dict[str, Any] = {"archsearch": __version__, **describe_runtime()}
     report["data_dir"] = str(default_data_dir())

@@ -137,9 +137,9 @@ def test_killed_search_resumes_and_retries_the_interrupted_trial(tmp_path: Path)
 
 
 def test_worker_can_be_limited_to_some_rows(tmp_path: Path) -> None:
+    from archsearch.study.kinds import run_worker
     from archsearch.study.reproduce import ReproduceConfig, open_reproduce_study
     from archsearch.study.storage import open_storage
-    from archsearch.study.workers import run_worker
 
     url = f"sqlite:///{tmp_path}/w.db"
     open_reproduce_study(open_storage(url), "w", ReproduceConfig(indexes=(0, 12), runs=1, epochs=1))
@@ -153,10 +153,10 @@ def test_worker_can_be_limited_to_some_rows(tmp_path: Path) -> None:
 def test_worker_models_only_for_reproduce_studies(tmp_path: Path) -> None:
     """--models names report rows: on a search study it is refused before any data is loaded or trial claimed."""
     from archsearch.core.errors import UserError
+    from archsearch.study.kinds import run_worker
     from archsearch.study.search import SearchConfig, open_search_study
     from archsearch.study.spaces import load_space
     from archsearch.study.storage import open_storage
-    from archsearch.study.workers import run_worker
 
     url = f"sqlite:///{tmp_path}/s.db"
     open_search_study(open_storage(url), "s", load_space("mlp"), SearchConfig(space="mlp", n_trials=1, epochs=1))

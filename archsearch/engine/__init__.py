@@ -2,11 +2,11 @@
 schedules, the runtime settings, and the steps (:mod:`archsearch.engine.steps`) with their native kernels
 (:mod:`archsearch.engine.native`). Never imports Optuna."""
 
+from archsearch.engine.doctor import describe_runtime
 from archsearch.engine.loop import EpochReport, RunResult, TrainResult, noise_generator, train
 from archsearch.engine.runtime import (
     check_backends,
     default_device,
-    describe_runtime,
     on_device,
     resolve_device,
     torch_threads,

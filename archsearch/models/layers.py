@@ -29,6 +29,7 @@ from torch import nn
 from archsearch.core.errors import UserError
 from archsearch.core.shapes import Shape
 from archsearch.models import units as U
+from archsearch.models.activations import ACTIVATIONS, activation_module
 
 __all__ = [
     "ACTIVATIONS",
@@ -47,29 +48,11 @@ __all__ = [
     "register",
 ]
 
-# The report's six activations plus three common modern ones.
-ACTIVATIONS = ("sigmoid", "tanh", "hardtanh", "mish", "leakyrelu", "relu", "gelu", "silu", "elu")
 MAX_WIDTH = 1 << 16
-
-_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "hardtanh": nn.Hardtanh,
-    "mish": nn.Mish,
-    "leakyrelu": nn.LeakyReLU,
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "elu": nn.ELU,
-}
 
 
 class SpecError(UserError):
     """An architecture spec that cannot be built; the message names the problem."""
-
-
-def activation_module(name: str) -> nn.Module:
-    return _ACTIVATION_MODULES[name]()
 
 
 def check_int(value: Any, what: str, low: int = 1, high: int = MAX_WIDTH) -> int:

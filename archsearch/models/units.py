@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from archsearch.models.activations import activation_module
+
 __all__ = [
     "Act",
     "ChannelsLast",
@@ -56,8 +58,6 @@ class Unit(nn.Module):
 
 
 def _activation(name: str) -> nn.Module:
-    from archsearch.models.layers import activation_module  # the one table of activation modules
-
     return activation_module(name)
 
 

@@ -1,6 +1,6 @@
-"""Tables, Markdown and plots of an analysis (the plain data of :func:`archsearch.analyze.analyze`).
+"""Tables, Markdown and plots of an analysis (the plain data of :func:`archsearch.study.analysis.analyze`).
 
-Kept apart from the analysis itself: what a study says is computed once, in :mod:`archsearch.analyze`; how it is
+Kept apart from the analysis itself: what a study says is computed once, in :mod:`archsearch.study.analysis`; how it is
 shown — rich tables in the terminal, ``ANALYSIS.md``, PNG plots with matplotlib — lives here.
 """
 

@@ -7,13 +7,13 @@ from archsearch.study.artifacts import artifact_store, read_trial_weights, save_
 from archsearch.study.dashboard import dashboard_url, serve
 from archsearch.study.export import ParetoChoiceNeeded, export_trial
 from archsearch.study.finalists import FinalConfig, final_summary, run_finalists
+from archsearch.study.kinds import run_worker
 from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
 from archsearch.study.report import ReportRow, parse_indexes, report_rows
 from archsearch.study.reproduce import ReproduceConfig, ReproduceResult, reproduce_study
 from archsearch.study.search import PRUNERS, SAMPLERS, SearchConfig, search_study, search_summary
 from archsearch.study.spaces import BUILTIN_SPACES, Space, SpaceError, load_space
 from archsearch.study.storage import DEFAULT_STORAGE, load_existing_study, open_storage
-from archsearch.study.workers import run_worker
 
 __all__ = [
     "BUILTIN_SPACES",

@@ -1,6 +1,6 @@
 """Trial weights as Optuna artifacts: one safetensors file per trial, listed by optuna-dashboard.
 
-A trial trains one architecture once per seed (fused, see :mod:`archsearch.train`). We keep the weights of *every*
+A trial trains one architecture once per seed (fused, see :mod:`archsearch.engine.train`). We keep the weights of *every*
 run, not only the best one: which run to export is a choice made later (``archsearch export --seed``), and
 comparing seeds, or re-checking a run's recorded metrics, needs all of them. The file maps runs to seeds
 explicitly: tensor keys are ``run{k}.<key>`` where ``<key>`` is a key of the plain model's ``state_dict`` (exactly
@@ -48,7 +48,7 @@ WEIGHTS_FORMAT_VERSION = "1"
 
 
 def artifact_store(url: str | None, *, create: bool = True) -> FileSystemArtifactStore:
-    """The artifact store belonging to storage ``url`` (see :func:`archsearch.storage.artifact_dir`).
+    """The artifact store belonging to storage ``url`` (see :func:`archsearch.study.storage.artifact_dir`).
 
     The directory is created unless ``create`` is false (readers such as ``export`` must not create it).
     """

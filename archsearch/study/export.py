@@ -9,7 +9,7 @@ failed export leaves nothing half-written):
   convention, class names, the metrics the study recorded for that seed, where it came from and library versions.
 
 Which run? A trial trains one architecture once per seed and keeps every run's weights (see
-:mod:`archsearch.artifacts`). ``export`` takes the seed it is given, else **the best run on the monitored split**:
+:mod:`archsearch.study.artifacts`). ``export`` takes the seed it is given, else **the best run on the monitored split**:
 the validation split for searches, the test split for ``reproduce`` (which, like the report, has no validation
 set; that choice is then biased upwards by picking the best of N on the test set, and ``config.json`` says so under
 ``selection``). The median run would be the less biased pick; the best one is what a user exporting "the model"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -11,7 +10,7 @@ from archsearch.core.errors import UserError
 from archsearch.core.resources import read_toml, studies_dir
 from archsearch.models import Spec, count_params, parse_spec
 
-__all__ = ["ReportRow", "parse_indexes", "report_protocol", "report_rows", "select_rows"]
+__all__ = ["ReportRow", "parse_indexes", "report_protocol", "report_rows"]
 
 
 @dataclass(frozen=True)
@@ -80,8 +79,3 @@ def parse_indexes(text: str) -> list[int]:
     if not out:
         raise UserError("no model indexes given")
     return sorted(out)
-
-
-def select_rows(indexes: Sequence[int]) -> list[ReportRow]:
-    rows = report_rows()
-    return [rows[i] for i in indexes]

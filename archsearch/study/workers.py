@@ -1,4 +1,5 @@
-"""Several processes on one study: ``--workers N`` on one machine, ``archsearch worker`` on any machine.
+"""Several processes on one study: ``--workers N`` on one machine (this pool), ``archsearch worker`` on any machine
+(:mod:`archsearch.study.kinds` says what each kind of study's worker does).
 
 Every worker is an ordinary process that opens the study and takes queued (or newly sampled) trials from it; Optuna's
 storage decides which worker gets which trial, so no trial is trained twice. On one host the default SQLite file is
@@ -12,22 +13,19 @@ per-step Python overhead runs in parallel); each worker gets ``cores // N`` thre
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from archsearch.core.errors import UserError
-from archsearch.data import ensure_dataset, load_dataset
 from archsearch.engine import usable_cores
-from archsearch.study.objective import Hooks
 
-__all__ = ["Workers", "default_workers", "run_worker", "spawn_workers", "threads_per_worker", "wait_workers"]
+__all__ = ["Workers", "default_workers", "spawn_workers", "threads_per_worker", "wait_workers"]
 
 
 # A worker's peak resident memory on the report's largest rows, with margin (measured: 0.96 GB for one process
@@ -134,45 +132,3 @@ def wait_workers(
         for log in pool.logs:
             log.close()
     poll()
-
-
-def run_worker(
-    storage_url: str | None,
-    study_name: str,
-    *,
-    device: Any,
-    data_dir: Path | None,
-    hooks: Hooks | None,
-    models: Sequence[int] | None = None,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """Join a study (reproduce or search) and train until it has nothing left to do."""
-
-    from archsearch.study import reproduce, search
-    from archsearch.study.artifacts import artifact_store as make_store
-    from archsearch.study.storage import load_existing_study, open_storage
-
-    probe = load_existing_study(storage_url, study_name)
-    storage = open_storage(storage_url)
-    kind = (probe.user_attrs.get("archsearch") or {}).get("kind")
-    if models is not None and kind != "reproduce":
-        raise UserError(f"--models picks report rows; study {study_name!r} is not a reproduce study")
-    artifact_store = make_store(storage_url) if kind in ("reproduce", "search") else None
-    if kind == "reproduce":
-        ensure_dataset(root=data_dir)  # the report's Fashion-MNIST, checked before the study is touched
-        study, rcfg = reproduce.load_reproduce_study(storage, study_name)
-        if models is not None:
-            rcfg = dataclasses.replace(rcfg, indexes=tuple(models))
-        data = load_dataset(data_dir, device=device)
-        stats = reproduce.run_reproduce(
-            study, rcfg, data, device=device, threads=threads, hooks=hooks, artifact_store=artifact_store
-        )
-        return {"study": study_name, "kind": kind, "trained": len(stats.trained), "failed": len(stats.failed)}
-    if kind == "search":
-        study, space, scfg = search.load_search_study(storage, study_name)
-        data = scfg.load_data(data_dir, device)
-        ran = search.run_search(
-            study, space, scfg, data, device=device, threads=threads, hooks=hooks, artifact_store=artifact_store
-        )
-        return {"study": study_name, "kind": kind, "trained": ran}
-    raise UserError(f"study {study_name!r} was not made by archsearch reproduce or search")

@@ -11,7 +11,7 @@ plane's gradient from the pooled one and the winners' positions. About 1.3 ms fo
 
 The arithmetic is the same sums in another order, so results agree with torch's to float rounding
 (tests/test_conv.py); the pooling's choice among tied maxima is torch's exactly (the first in scan order). The shim
-is compiled on first use (archsearch.native). ``ARCHSEARCH_CONV=torch`` forces torch; ``ARCHSEARCH_CONV=native``
+is compiled on first use (archsearch.engine.native). ``ARCHSEARCH_CONV=torch`` forces torch; ``ARCHSEARCH_CONV=native``
 makes a missing compiler an error (CI sets it).
 """
 

@@ -6,9 +6,9 @@ core for these shapes; libxsmm's JIT-generated kernels (Intel's small-matrix lib
 called from here, reach 95-112 (the three products of a linear layer, measured side by side in one process). Its
 kernels are single-threaded, so the step uses them in single-threaded workers (``--workers``) only.
 
-libxsmm ships as a C library, so a shim (``_xsmm.c``: these products and transposes, and archsearch.cstep's whole
+libxsmm ships as a C library, so a shim (``_xsmm.c``: these products and transposes, and archsearch.engine.steps.cstep's whole
 MLP step built on them) is compiled on first use with the system's C compiler into a per-user cache
-(archsearch.native), and loaded with ctypes. No compiler or no libxsmm: everything runs through torch, as before.
+(archsearch.engine.native), and loaded with ctypes. No compiler or no libxsmm: everything runs through torch, as before.
 ``ARCHSEARCH_GEMM=torch`` forces torch; ``ARCHSEARCH_GEMM=libxsmm`` makes a missing libxsmm an error (CI sets it, so
 that it cannot fall back silently).
 
@@ -53,7 +53,7 @@ def _find_libxsmm() -> tuple[Path, list[Path]] | None:
 
 
 def _build(include: Path, libs: list[Path]) -> Path | str:
-    """The compiled shim (archsearch.native), or why it cannot be; keyed by the libxsmm files too, so an upgrade
+    """The compiled shim (archsearch.engine.native), or why it cannot be; keyed by the libxsmm files too, so an upgrade
     rebuilds it."""
     link = [*map(str, libs), "-lpthread", "-lm", "-ldl", "-lrt"]
     # -ffp-contract=off: AdamW in the shim rounds as torch's kernel does, without fused multiply-adds it has not
@@ -89,7 +89,7 @@ def _library() -> ctypes.CDLL | None:
 
 
 def library() -> ctypes.CDLL | None:
-    """The loaded shim (products, transposes, and archsearch.cstep's whole MLP step), or None without libxsmm."""
+    """The loaded shim (products, transposes, and archsearch.engine.steps.cstep's whole MLP step), or None without libxsmm."""
     return _library()
 
 

@@ -1,7 +1,7 @@
 """FusedStep's training step of a ReLU MLP in C (``archsearch_mlp_step`` in ``_xsmm.c``) on a CPU with libxsmm: one
 call per step for each group of runs, one group per thread.
 
-Why: once libxsmm computed the products (archsearch.gemm), a report row-10 step of ~5.9 ms on one core spent ~1.5 ms
+Why: once libxsmm computed the products (archsearch.engine.native.gemm), a report row-10 step of ~5.9 ms on one core spent ~1.5 ms
 between kernels: the Python of the step, torch's dispatch of ~40 small operations (bias, relu and its backward,
 log-softmax, loss, transposes) and one ctypes call per product and per streamed block. The C step runs the same
 computation with the same buffers in the same order — forward, loss, hand-written backward, layers streamed in blocks,
@@ -86,7 +86,7 @@ class MLPStep:
     def __init__(self, layers: list[LayerBuffers], *, lr: float, weight_decay: float, groups: int = 1) -> None:
         lib = gemm.library()
         if lib is None:
-            raise RuntimeError("the C step needs libxsmm (archsearch.gemm)")
+            raise RuntimeError("the C step needs libxsmm (archsearch.engine.native.gemm)")
         self.lib, self.lr, self.weight_decay = lib, lr, weight_decay
         self.k = layers[0].w.shape[0]
         tensors = [t for layer in layers for t in _tensors(layer)]

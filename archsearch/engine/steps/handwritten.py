@@ -162,11 +162,6 @@ class FusedStep:
         if self.native is not None:
             self.native.lr = value
 
-    @property
-    def runs_own_threads(self) -> bool:
-        """Whether the step spreads its runs over threads of its own (the C step's groups of runs)."""
-        return self.native is not None and len(self.native.groups) > 1
-
     def _native_fits(self, cpu: bool) -> bool:
         """Whether the C step can run this model: a ReLU MLP in float32 on a CPU, libxsmm there, fused AdamW."""
         model = self.model
