@@ -389,14 +389,14 @@ def test_predict_warns_about_light_backgrounds_and_reads_colour(tmp_path: Path) 
     assert result["warnings"] and "invert" in result["warnings"][0]
 
 
-def test_the_readmes_plain_torch_snippet_rebuilds_what_load_checkpoint_does(
+def test_the_docs_plain_torch_snippet_rebuilds_what_load_checkpoint_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """README's "Models you can use without archsearch" code, run as written on a BatchNorm + dropout checkpoint
-    whose running statistics are not the initial ones: it must give load_checkpoint's logits (so the snippet's
-    imports exist and its eval() is not forgotten)."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("## Models you can use without archsearch", 1)[1]
+    """The plain-torch code of the docs' "Models you can use without archsearch" (docs/guides/export.md), run as
+    written on a BatchNorm + dropout checkpoint whose running statistics are not the initial ones: it must give
+    load_checkpoint's logits (so the snippet's imports exist and its eval() is not forgotten)."""
+    page = (Path(__file__).parent.parent / "docs" / "guides" / "export.md").read_text()
+    section = page.split("# Models you can use without archsearch", 1)[1]
     snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
     spec = "cnn:4c3p1-bn-p2-fc-d0.2-relu"
     handmade(tmp_path / "best", spec)
@@ -409,7 +409,7 @@ def test_the_readmes_plain_torch_snippet_rebuilds_what_load_checkpoint_does(
     save_file(state, str(weights), metadata={"spec": spec, "seed": "0"})
     monkeypatch.chdir(tmp_path)
     scope: dict[str, Any] = {}
-    exec(compile(snippet, "README.md", "exec"), scope)  # our own README: running it is the point
+    exec(compile(snippet, "docs/guides/export.md", "exec"), scope)  # our own docs: running them is the point
     x = torch.rand(5, 1, 28, 28, generator=g)
     reference, _ = load_checkpoint(tmp_path / "best")
     with torch.no_grad():
