@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, for a machine with CUDA (the README's "On a GPU" figures came from this):
+# The GPU checks in one go, for a machine with CUDA (the figures of docs/benchmarks/gpu.md came from this):
 #   1. the GPU tests (skipped on machines without CUDA),
 #   2. benchmarks/bench_trainer.py on the GPU: plain loop, archsearch with and without CUDA graphs, side by side,
 #   3. the full reproduction (17 rows x 5 runs x 50 epochs), timed.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -137,18 +138,37 @@ def test_every_new_layer_kind_saves_exports_and_evaluates(tmp_path: Path, data: 
     assert any("running_mean" in k for k in model.state_dict())  # BatchNorm's statistics travel with the weights
 
 
-def test_the_readmes_best_per_budget_table_is_the_committed_searches_record() -> None:
-    """The README's headline table of the budget searches is copied from their committed summaries, not retyped:
-    every row's spec, parameter count, final validation and test accuracy equal its study's `best_under` entry."""
+def test_the_readme_and_docs_best_per_budget_figures_are_the_committed_searches_record() -> None:
+    """The best model per parameter budget, in the searching guide's table and in the README's headline results, is
+    copied from the budget searches' committed summaries, not retyped: every row's spec, parameter count, final
+    validation and test accuracy equal its study's `best_under` entry."""
     root = Path(__file__).parent.parent
-    readme = (root / "README.md").read_text()
-    table = readme.split("Best model per parameter budget", 1)[1].split("\n\n", 2)[1]
+
+    def best_under(run: str, budget: str) -> dict[str, Any]:
+        summary = json.loads((root / "studies/results" / run / "summary.json").read_text())
+        return summary["final"]["best_under"][budget.replace(",", "")]
+
+    # docs/guides/searching.md: | budget | params | spec | val | test | search |, the search named first or follow-up
+    page = (root / "docs/guides/searching.md").read_text()
+    table = page.split("Best model per parameter budget", 1)[1].split("\n\n", 2)[1]
     rows = [line for line in table.splitlines() if re.match(r"\| [\d,]+ \|", line)]
     assert len(rows) == 3
     runs = {"first": "budgets", "follow-up": "budgets-100k"}
     for row in rows:
         budget, params, spec, val, test, search = (cell.strip(" `*") for cell in row.strip("|").split("|"))
-        summary = json.loads((root / "studies/results" / runs[search.split(",")[0]] / "summary.json").read_text())
-        best = summary["final"]["best_under"][budget.replace(",", "")]
+        best = best_under(runs[search.split(",")[0]], budget)
+        assert (spec, int(params.replace(",", ""))) == (best["spec"], best["params"])
+        assert (val, test) == (f"{best['val_acc']:.4f}", f"{best['test_acc']:.4f}")
+
+    # README.md's results: "Best under N parameters | `SPEC`, P params: val V, test **T** | `studies/results/RUN/`, ..."
+    readme = (root / "README.md").read_text()
+    pattern = (
+        r"\| Best under ([\d,]+) parameters[^|]* \| `([^`]+)`, ([\d,]+) params: "
+        r"val ([\d.]+), test \*\*([\d.]+)\*\* \| `studies/results/([\w-]+)/`"
+    )
+    headline = re.findall(pattern, readme)
+    assert len(headline) == 3 == len([line for line in readme.splitlines() if line.startswith("| Best under")])
+    for budget, spec, params, val, test, run in headline:
+        best = best_under(run, budget)
         assert (spec, int(params.replace(",", ""))) == (best["spec"], best["params"])
         assert (val, test) == (f"{best['val_acc']:.4f}", f"{best['test_acc']:.4f}")

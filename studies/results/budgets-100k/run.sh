@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The follow-up 100k search, exactly as it ran (README: "Searching to a budget"): the committed budget search's screen
+# The follow-up 100k search, exactly as it ran (docs/guides/searching.md): the committed budget search's screen
 # (same space, sampler, seed and fidelity, so the same trials bit for bit) restricted to the 100k budget, with the
 # finalist retrained for 50 epochs instead of 30, because the first run's 100k finalist fell 0.0011 short of 0.930.
 # It ran at commit 4d060cb (PYTHONPATH pointed at a worktree of that commit), 2026-12-04 08:54-10:42 UTC.

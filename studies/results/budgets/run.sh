@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The committed budget search, exactly as it ran (README: "Searching to a budget").
+# The committed budget search, exactly as it ran (docs/guides/searching.md: "Searching to a budget").
 set -u
 cd "$(dirname "$0")"
 start=$(date +%s)
