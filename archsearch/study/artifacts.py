@@ -1,7 +1,7 @@
 """Trial weights as Optuna artifacts: one safetensors file per trial, listed by optuna-dashboard.
 
-A trial trains one architecture once per seed (fused, see :mod:`archsearch.engine.train`). We keep the weights of *every*
-run, not only the best one: which run to export is a choice made later (``archsearch export --seed``), and
+A trial trains one architecture once per seed (together, see :func:`archsearch.engine.train`). We keep the weights of
+*every* run, not only the best one: which run to export is a choice made later (``archsearch export --seed``), and
 comparing seeds, or re-checking a run's recorded metrics, needs all of them. The file maps runs to seeds
 explicitly: tensor keys are ``run{k}.<key>`` where ``<key>`` is a key of the plain model's ``state_dict`` (exactly
 ``archsearch.models.build_model(spec).state_dict()``), and the safetensors metadata holds the spec string and the

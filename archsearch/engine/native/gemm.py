@@ -6,9 +6,10 @@ core for these shapes; libxsmm's JIT-generated kernels (Intel's small-matrix lib
 called from here, reach 95-112 (the three products of a linear layer, measured side by side in one process). Its
 kernels are single-threaded, so the step uses them in single-threaded workers (``--workers``) only.
 
-libxsmm ships as a C library, so a shim (``_xsmm.c``: these products and transposes, and archsearch.engine.steps.cstep's whole
-MLP step built on them) is compiled on first use with the system's C compiler into a per-user cache
-(archsearch.engine.native), and loaded with ctypes. No compiler or no libxsmm: everything runs through torch, as before.
+libxsmm ships as a C library, so a shim (``_xsmm.c``: these products and transposes, and
+archsearch.engine.steps.cstep's whole MLP step built on them) is compiled on first use with the system's C compiler
+into a per-user cache (archsearch.engine.native), and loaded with ctypes. No compiler or no libxsmm: everything runs
+through torch, as before.
 ``ARCHSEARCH_GEMM=torch`` forces torch; ``ARCHSEARCH_GEMM=libxsmm`` makes a missing libxsmm an error (CI sets it, so
 that it cannot fall back silently).
 
@@ -89,7 +90,8 @@ def _library() -> ctypes.CDLL | None:
 
 
 def library() -> ctypes.CDLL | None:
-    """The loaded shim (products, transposes, and archsearch.engine.steps.cstep's whole MLP step), or None without libxsmm."""
+    """The loaded shim (products, transposes, and archsearch.engine.steps.cstep's whole MLP step), or None without
+    libxsmm."""
     return _library()
 
 

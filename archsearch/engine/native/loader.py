@@ -1,5 +1,5 @@
-"""C shims compiled on first use and loaded with ctypes: libxsmm's products (``_xsmm.c``, archsearch.engine.native.gemm) and the
-CNN's first convolution (``_conv.c``, archsearch.engine.native.conv).
+"""C shims compiled on first use and loaded with ctypes: libxsmm's products (``_xsmm.c``,
+archsearch.engine.native.gemm) and the CNN's first convolution (``_conv.c``, archsearch.engine.native.conv).
 
 Why compile on the user's machine: no wheel to build per platform, and the kernels are compiled for this CPU
 (``-march=native``: AVX-512 where there is AVX-512). Each shim is built once, with the system's C compiler, into a

@@ -1,11 +1,11 @@
 """FusedStep's training step of a ReLU MLP in C (``archsearch_mlp_step`` in ``_xsmm.c``) on a CPU with libxsmm: one
 call per step for each group of runs, one group per thread.
 
-Why: once libxsmm computed the products (archsearch.engine.native.gemm), a report row-10 step of ~5.9 ms on one core spent ~1.5 ms
-between kernels: the Python of the step, torch's dispatch of ~40 small operations (bias, relu and its backward,
-log-softmax, loss, transposes) and one ctypes call per product and per streamed block. The C step runs the same
-computation with the same buffers in the same order — forward, loss, hand-written backward, layers streamed in blocks,
-AdamW with torch's fused formula, the first layer for the announced next batch — in a few loops around the same
+Why: once libxsmm computed the products (archsearch.engine.native.gemm), a report row-10 step of ~5.9 ms on one core
+spent ~1.5 ms between kernels: the Python of the step, torch's dispatch of ~40 small operations (bias, relu and its
+backward, log-softmax, loss, transposes) and one ctypes call per product and per streamed block. The C step runs the
+same computation with the same buffers in the same order — forward, loss, hand-written backward, layers streamed in
+blocks, AdamW with torch's fused formula, the first layer for the announced next batch — in a few loops around the same
 libxsmm kernels. tests/test_cstep.py holds it to autograd's gradients and to torch.optim.AdamW, as tests/test_step.py
 holds the Python step.
 
