@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from archsearch.core.jsonio import plain
 from archsearch.results.analysis import BAND_FACTOR, METRIC_NAMES, activation_effect, depth_effect, pareto_front
+from archsearch.study.records import STUDY_ATTR, TrialRecord
 
 __all__ = ["MIN_IMPORTANCE_TRIALS", "analyze", "analyze_study", "trial_row"]
 
@@ -47,48 +48,33 @@ MIN_IMPORTANCE_TRIALS = 10
 # --------------------------------------------------------------------------------------------------- trials to rows
 
 
-def _accuracy(attrs: Mapping[str, Any], split: str) -> tuple[float, float, list[float]] | None:
-    """(mean, std, per-seed values) of ``split`` accuracy, or None when the trial did not record it."""
-    try:
-        summary = attrs[split]["accuracy"]
-        mean, std = float(summary["mean"]), float(summary["std"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    per_seed = attrs.get(f"{split}_per_seed", {})
-    values = per_seed.get("accuracy") if isinstance(per_seed, Mapping) else None
-    return mean, std, [float(v) for v in values] if isinstance(values, list) else []
-
-
 def trial_row(trial: FrozenTrial) -> dict[str, Any] | None:
     """One complete trial as a flat dict, or None if it lacks what ``run_trial`` records (then it is not ours)."""
-    ua = trial.user_attrs
-    monitor = ua.get("monitor") or ("val" if "val" in ua else "test")
-    monitored, test = _accuracy(ua, monitor), _accuracy(ua, "test")
-    if monitored is None or test is None or "spec" not in ua or "params" not in ua or not math.isfinite(monitored[0]):
+    r = TrialRecord.from_trial(trial)
+    judged, test = r.judged, r.split("test")
+    if judged is None or test is None or r.spec is None or r.params is None or not math.isfinite(judged.accuracy):
         return None
-    report_row = ua.get("report_row")  # reproduce: a dict describing the report's row; search: the row's index
-    protocol: Mapping[str, Any] = ua["protocol"] if isinstance(ua.get("protocol"), Mapping) else {}
     return {
-        "number": trial.number,
-        "spec": str(ua["spec"]),
-        "kind": ua.get("kind"),
-        "params": int(ua["params"]),
-        "depth": ua.get("depth"),
-        "widths": ua.get("widths"),
-        "activation": ua.get("activation"),
-        "loss": protocol.get("loss"),
-        "protocol": dict(protocol),
-        "monitor": monitor,
-        "acc_mean": monitored[0],
-        "acc_std": monitored[1],
-        "acc_per_seed": monitored[2] or [monitored[0]],
-        "test_acc_mean": test[0],
-        "test_acc_std": test[1],
-        "test_acc_per_seed": test[2] or [test[0]],
-        "seeds": ua.get("seeds"),
-        "hyperparameters": dict(trial.params),
-        "report_row": report_row.get("index") if isinstance(report_row, Mapping) else report_row,
-        "seconds": ua.get("seconds"),
+        "number": r.number,
+        "spec": r.spec,
+        "kind": r.kind,
+        "params": r.params,
+        "depth": r.depth,
+        "widths": r.widths,
+        "activation": r.activation,
+        "loss": r.protocol.get("loss"),
+        "protocol": r.protocol,
+        "monitor": r.monitor,
+        "acc_mean": judged.accuracy,
+        "acc_std": judged.accuracy_std,
+        "acc_per_seed": judged.accuracy_per_seed,
+        "test_acc_mean": test.accuracy,
+        "test_acc_std": test.accuracy_std,
+        "test_acc_per_seed": test.accuracy_per_seed,
+        "seeds": r.seeds or None,
+        "hyperparameters": r.sampled,
+        "report_row": r.report_row,
+        "seconds": r.seconds,
         "pareto": False,
     }
 
@@ -167,7 +153,7 @@ def _report_comparison(
 
 def analyze(study: optuna.Study, band_factor: float = BAND_FACTOR) -> dict[str, Any]:
     """The whole analysis of an open study, as plain JSON-ready data (see the module docstring for the why)."""
-    meta = study.user_attrs.get("archsearch")
+    meta = study.user_attrs.get(STUDY_ATTR)
     kind = str(meta.get("kind")) if isinstance(meta, Mapping) and meta.get("kind") else "other"
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)

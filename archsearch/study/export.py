@@ -53,6 +53,7 @@ from archsearch.export.checkpoint import (
 from archsearch.models import build_model, count_params, parse_spec
 from archsearch.results.files import output_dir
 from archsearch.study.artifacts import WEIGHTS_ATTR, artifact_store, read_trial_weights
+from archsearch.study.records import TrialRecord
 from archsearch.study.storage import DEFAULT_STORAGE, artifact_dir, load_existing_study, storage_label
 
 __all__ = ["FORMATS", "ParetoChoiceNeeded", "export_trial"]
@@ -276,8 +277,9 @@ def _pick_seed(
         return seed, {"rule": "seed given by the user"}
     if not ok:
         raise UserError(f"every run of trial {trial.number} diverged; nothing to export")
-    monitor = str(trial.user_attrs.get("monitor", "test"))
-    accs = trial.user_attrs.get(f"{monitor}_per_seed", {}).get("accuracy")
+    record = TrialRecord.from_trial(trial)
+    monitor, judged = record.monitor, record.judged
+    accs = judged.per_seed.get("accuracy") if judged is not None else None
     if not isinstance(accs, list) or len(accs) != len(ok):
         raise UserError(f"trial {trial.number} has no per-seed {monitor} accuracy to choose a run; pass --seed")
     best = max(range(len(ok)), key=lambda i: (accs[i], -i))  # ties: the first seed
@@ -299,13 +301,10 @@ def _seed_metrics(trial: FrozenTrial, seeds: list[int], diverged: list[int], see
     ok = _ok_seeds(seeds, diverged)
     i = ok.index(seed)
     out: dict[str, Any] = {}
-    for key, per_metric in trial.user_attrs.items():
-        if not key.endswith("_per_seed") or not isinstance(per_metric, dict):
-            continue
-        split = key.removesuffix("_per_seed")
-        if any(len(values) != len(ok) for values in per_metric.values()):
-            raise UserError(f"trial {trial.number}: {key} does not have one value per run that did not diverge")
-        out[split] = {name: values[i] for name, values in per_metric.items()}
+    for split, scores in TrialRecord.from_trial(trial).scores.items():
+        if any(len(values) != len(ok) for values in scores.per_seed.values()):
+            raise UserError(f"trial {trial.number}: {split}_per_seed has not one value per run that did not diverge")
+        out[split] = {name: values[i] for name, values in scores.per_seed.items()}
     detail = trial.user_attrs.get("test_detail", {}).get(str(seed))
     if detail:
         out.setdefault("test", {}).update(detail)

@@ -24,12 +24,13 @@ from archsearch.core.protocol import Protocol
 from archsearch.data import Dataset
 from archsearch.models import parse_spec
 from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
+from archsearch.study.records import STUDY_ATTR, TrialRecord, best_under
 from archsearch.study.storage import fail_dead_trials, trial_key
 
 __all__ = ["DEFAULT_BUDGETS", "FinalConfig", "final_study_name", "final_summary", "pick_finalists", "run_finalists"]
 
 DEFAULT_BUDGETS = (10_000, 44_374, 100_000)  # the report CNN's 44,374 parameters among them
-FINAL_ATTR = "archsearch"
+FINAL_ATTR = STUDY_ATTR
 
 
 @dataclass(frozen=True)
@@ -51,22 +52,19 @@ class FinalConfig:
             raise UserError(f"parameter budgets must be positive, got {list(self.budgets)}")
 
 
-def _val(trial: FrozenTrial) -> float:
-    value = trial.user_attrs.get("val", {}).get("accuracy", {}).get("mean")
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else -math.inf
-
-
 def pick_finalists(trials: Sequence[FrozenTrial], n: int, budgets: Sequence[int]) -> list[FrozenTrial]:
     """The ``n`` best complete trials by validation accuracy overall and under each budget, without repeats, in
     that order."""
+    records = {r.number: r for r in map(TrialRecord.from_trial, trials)}
     ranked = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(_val(t))), key=lambda t: -_val(t)
+        (r for r in records.values() if r.state == "complete" and math.isfinite(r.accuracy)), key=lambda r: -r.accuracy
     )
+    by_number = {t.number: t for t in trials}
     picked: dict[int, FrozenTrial] = {}
     for budget in (math.inf, *sorted(budgets)):
-        fit = [t for t in ranked if int(t.user_attrs.get("params", 0)) <= budget]
-        for t in fit[:n]:
-            picked.setdefault(t.number, t)
+        fit = [r for r in ranked if (r.params or 0) <= budget]
+        for r in fit[:n]:
+            picked.setdefault(r.number, by_number[r.number])
     return list(picked.values())
 
 
@@ -113,7 +111,8 @@ def run_finalists(
         source = trials[trial.suggest_int("source", 0, 1 << 30)]
         protocol = Protocol.from_dict(source.user_attrs["protocol"]).with_(epochs=cfg.epochs)
         trial.set_user_attr("source_trial", source.number)
-        trial.set_user_attr("screen", {"epochs": source.user_attrs["protocol"]["epochs"], "val": _val(source)})
+        screen = TrialRecord.from_trial(source)
+        trial.set_user_attr("screen", {"epochs": screen.protocol["epochs"], "val": screen.accuracy})
         value = run_trial(
             trial, parse_spec(source.user_attrs["spec"]), cfg.seeds, protocol, data,
             device=device, threads=threads, hooks=hooks, artifact_store=artifact_store, prune=pruner is not None,
@@ -125,25 +124,24 @@ def run_finalists(
     return final
 
 
-def _row(t: FrozenTrial) -> dict[str, Any]:
-    ua = t.user_attrs
-    val, test = ua.get("val", {}).get("accuracy", {}), ua.get("test", {}).get("accuracy", {})
+def _row(r: TrialRecord) -> dict[str, Any]:
+    val, test = r.split("val"), r.split("test")
     return {
-        "trial": t.number,
-        "source_trial": ua.get("source_trial"),
-        "spec": ua.get("spec"),
-        "params": ua.get("params"),
-        "screen_val_acc": ua.get("screen", {}).get("val"),
-        "val_acc": val.get("mean"),
-        "val_acc_std": val.get("std"),
-        "test_acc": test.get("mean"),
-        "test_acc_std": test.get("std"),
-        "val_per_seed": ua.get("val_per_seed", {}).get("accuracy"),
-        "test_per_seed": ua.get("test_per_seed", {}).get("accuracy"),
-        "epochs": ua.get("protocol", {}).get("epochs"),
-        "seeds": ua.get("seeds"),
-        "seconds": ua.get("seconds"),
-        "recipe": ua.get("protocol"),
+        "trial": r.number,
+        "source_trial": r.source_trial,
+        "spec": r.spec,
+        "params": r.params,
+        "screen_val_acc": r.screen_val,
+        "val_acc": val.accuracy if val else None,
+        "val_acc_std": val.accuracy_std if val else None,
+        "test_acc": test.accuracy if test else None,
+        "test_acc_std": test.accuracy_std if test else None,
+        "val_per_seed": val.per_seed.get("accuracy") if val else None,
+        "test_per_seed": test.per_seed.get("accuracy") if test else None,
+        "epochs": r.protocol.get("epochs"),
+        "seeds": r.seeds,
+        "seconds": r.seconds,
+        "recipe": r.protocol or None,
     }
 
 
@@ -151,12 +149,10 @@ def final_summary(final: optuna.Study) -> dict[str, Any]:
     """Every finalist (final validation and test accuracy beside its screening validation accuracy) and, per budget,
     the one with the best final validation accuracy."""
     meta = final.user_attrs.get(FINAL_ATTR, {})
-    rows = sorted(
-        (_row(t) for t in final.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
-        key=lambda r: -(r["val_acc"] if r["val_acc"] is not None else -math.inf),
-    )
+    records = [TrialRecord.from_trial(t) for t in final.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    rows = [_row(r) for r in sorted(records, key=lambda r: -r.accuracy)]
     best = {}
     for budget in meta.get("budgets", DEFAULT_BUDGETS):
-        fit = [r for r in rows if r["params"] is not None and r["params"] <= budget]
-        best[str(budget)] = fit[0] if fit else None
+        found = best_under(records, budget)
+        best[str(budget)] = _row(found) if found is not None else None
     return {"study": final.study_name, "meta": meta, "finalists": rows, "best_under": best}

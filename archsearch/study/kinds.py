@@ -15,6 +15,7 @@ from archsearch.data import ensure_dataset, load_dataset
 from archsearch.study import reproduce, search
 from archsearch.study.artifacts import artifact_store as make_store
 from archsearch.study.objective import Hooks
+from archsearch.study.records import STUDY_ATTR
 from archsearch.study.storage import load_existing_study, open_storage
 
 __all__ = ["STUDY_KINDS", "run_worker"]
@@ -71,7 +72,7 @@ def run_worker(
 ) -> dict[str, Any]:
     """Join a study (reproduce or search) and train until it has nothing left to do."""
     probe: optuna.Study = load_existing_study(storage_url, study_name)
-    kind = (probe.user_attrs.get("archsearch") or {}).get("kind")
+    kind = (probe.user_attrs.get(STUDY_ATTR) or {}).get("kind")
     if models is not None and kind != "reproduce":
         raise UserError(f"--models picks report rows; study {study_name!r} is not a reproduce study")
     if kind not in STUDY_KINDS:

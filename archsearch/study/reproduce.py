@@ -27,6 +27,7 @@ from archsearch.results.reproduction import write_outputs
 from archsearch.study import _optuna
 from archsearch.study.artifacts import artifact_store
 from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
+from archsearch.study.records import STUDY_ATTR, TrialRecord
 from archsearch.study.report import ReportRow, report_protocol, report_rows
 from archsearch.study.storage import (
     DEFAULT_STORAGE,
@@ -51,8 +52,6 @@ __all__ = [
     "reproduce_study",
     "run_reproduce",
 ]
-
-STUDY_ATTR = "archsearch"
 
 
 @dataclass(frozen=True)
@@ -259,36 +258,37 @@ def collect_results(
         for loss in cfg.losses:
             if (i, loss) not in latest:
                 continue
-            t = latest[(i, loss)]
-            ua, row = t.user_attrs, rows[i]
-            test, per_seed = ua["test"], ua["test_per_seed"]
+            r, row = TrialRecord.from_trial(latest[(i, loss)]), rows[i]
+            test = r.split("test")
+            if test is None:
+                continue
             out.append(
                 {
                     "index": i,
                     "label": row.label,
-                    "spec": ua["spec"],
+                    "spec": r.spec,
                     "loss": loss,
-                    "trial": t.number,
-                    "params": ua["params"],
+                    "trial": r.number,
+                    "params": r.params,
                     "reported_params": row.reported_params,
-                    "depth": ua["depth"],
-                    "activation": ua["activation"],
-                    "kind": ua["kind"],
-                    "n_runs": len(per_seed["accuracy"]),
-                    "seeds": ua["seeds"],
-                    "acc_mean": test["accuracy"]["mean"],
-                    "acc_std": test["accuracy"]["std"],
-                    "prec_mean": test["precision"]["mean"],
-                    "prec_std": test["precision"]["std"],
-                    "rec_mean": test["recall"]["mean"],
-                    "rec_std": test["recall"]["std"],
-                    "f1_mean": test["f1"]["mean"],
-                    "acc_per_seed": per_seed["accuracy"],
+                    "depth": r.depth,
+                    "activation": r.activation,
+                    "kind": r.kind,
+                    "n_runs": len(test.per_seed["accuracy"]),
+                    "seeds": r.seeds,
+                    "acc_mean": test.mean["accuracy"],
+                    "acc_std": test.std["accuracy"],
+                    "prec_mean": test.mean["precision"],
+                    "prec_std": test.std["precision"],
+                    "rec_mean": test.mean["recall"],
+                    "rec_std": test.std["recall"],
+                    "f1_mean": test.mean["f1"],
+                    "acc_per_seed": test.per_seed["accuracy"],
                     "reported_acc": row.reported_acc,
                     "reported_prec": row.reported_prec,
                     "reported_rec": row.reported_rec,
-                    "acc_diff": test["accuracy"]["mean"] - row.reported_acc,
-                    "seconds": ua.get("seconds"),
+                    "acc_diff": test.mean["accuracy"] - row.reported_acc,
+                    "seconds": r.seconds,
                 }
             )
     return out

@@ -31,6 +31,7 @@ from archsearch.study.artifacts import artifact_store
 from archsearch.study.finalists import DEFAULT_BUDGETS, FinalConfig, final_summary, run_finalists
 from archsearch.study.groups import run_group
 from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
+from archsearch.study.records import STUDY_ATTR, TrialRecord, best_under
 from archsearch.study.report import report_rows
 from archsearch.study.sampling import SlotSeededSampler
 from archsearch.study.spaces import Space, SpaceError, check_buildable, parse_space, spec_or_reason
@@ -202,9 +203,9 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
         pruner=_pruner(cfg),
         load_if_exists=True,
     )
-    meta, wanted = study.user_attrs.get("archsearch"), cfg.study_meta(space)
+    meta, wanted = study.user_attrs.get(STUDY_ATTR), cfg.study_meta(space)
     if meta is None:
-        study.set_user_attr("archsearch", wanted)  # the space by name and hash; its text where workers read it:
+        study.set_user_attr(STUDY_ATTR, wanted)  # the space by name and hash; its text where workers read it:
         _optuna.set_study_system_attr(study, SPACE_ATTR, {"text": space.text, "source": space.source})
     elif meta.get("dataset", DEFAULT_DATASET) != cfg.dataset:
         raise UserError(
@@ -229,7 +230,7 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
 def load_search_study(storage: Any, study_name: str) -> tuple[optuna.Study, Space, SearchConfig]:
     """Re-open a search study as a worker: the space, sampler and pruner are rebuilt from what the study keeps."""
     probe = optuna.load_study(study_name=study_name, storage=storage)
-    meta, run = probe.user_attrs.get("archsearch"), probe.user_attrs.get(RUN_ATTR)
+    meta, run = probe.user_attrs.get(STUDY_ATTR), probe.user_attrs.get(RUN_ATTR)
     kept = _optuna.study_system_attr(probe, SPACE_ATTR) or probe.user_attrs.get(SPACE_ATTR)  # older: a user attr
     if not meta or meta.get("kind") != "search" or not run or not kept:
         raise UserError(f"study {study_name!r} is not an archsearch search study")
@@ -382,45 +383,37 @@ def run_search(
     return sum(1 for t in ran if "rejected" not in t.user_attrs and "duplicate_of" not in t.user_attrs)
 
 
-def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    ua = t.user_attrs
+def _trial_row(r: TrialRecord) -> dict[str, Any]:
+    val, test = r.split("val"), r.split("test")
     return {
-        "trial": t.number,
-        "spec": ua.get("spec"),
-        "params": ua.get("params"),
-        "val_acc": ua.get("val", {}).get("accuracy", {}).get("mean"),
-        "val_acc_std": ua.get("val", {}).get("accuracy", {}).get("std"),
-        "test_acc": ua.get("test", {}).get("accuracy", {}).get("mean"),
-        "test_acc_std": ua.get("test", {}).get("accuracy", {}).get("std"),
-        "n_runs": len(ua.get("test_per_seed", {}).get("accuracy") or []) or None,  # how many runs the std is over
-        "report_row": ua.get("report_row"),
+        "trial": r.number,
+        "spec": r.spec,
+        "params": r.params,
+        "val_acc": val.accuracy if val else None,
+        "val_acc_std": val.accuracy_std if val else None,
+        "test_acc": test.accuracy if test else None,
+        "test_acc_std": test.accuracy_std if test else None,
+        "n_runs": (len(test.per_seed.get("accuracy") or []) or None) if test else None,  # the runs the std is over
+        "report_row": r.report_row,
     }
-
-
-def _state_name(t: optuna.trial.FrozenTrial) -> str:
-    """A trial's state for the summary's counts: samples the space rejected and duplicates apart, as they trained
-    nothing."""
-    if "rejected" in t.user_attrs:
-        return "rejected"
-    if "duplicate_of" in t.user_attrs:
-        return "duplicate"
-    return t.state.name.lower()
 
 
 def search_summary(study: optuna.Study) -> dict[str, Any]:
     """Best trial (or Pareto front), the best under each parameter budget, and the report's rows to compare with.
     Validation accuracy chose the models; test accuracy is reported alongside, never used."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    states = [_state_name(t) for t in study.trials]
-    rows = sorted((_trial_row(t) for t in complete), key=lambda r: -(r["val_acc"] or -math.inf))
+    records = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
+    complete = [r for r in records if r.state == "complete"]
+    states = [r.status for r in records]
+    rows = [_trial_row(r) for r in sorted(complete, key=lambda r: -r.accuracy)]
     best = rows[0] if rows else None
-    front = sorted((_trial_row(t) for t in study.best_trials), key=lambda r: r["params"]) if complete else []
+    front_records = [TrialRecord.from_trial(t) for t in study.best_trials] if complete else []
+    front = sorted((_trial_row(r) for r in front_records), key=lambda r: r["params"])
     report = report_rows()
     best_report = max(report, key=lambda r: r.reported_acc)
 
-    def best_under(budget: int) -> dict[str, Any] | None:
-        fit = [r for r in rows if r["params"] is not None and r["params"] <= budget]
-        return fit[0] if fit else None
+    def budget_best(budget: int) -> dict[str, Any] | None:
+        found = best_under(complete, budget)
+        return _trial_row(found) if found is not None else None
 
     budgets = (study.user_attrs.get(RUN_ATTR) or {}).get("budgets") or DEFAULT_BUDGETS
 
@@ -430,11 +423,11 @@ def search_summary(study: optuna.Study) -> dict[str, Any]:
         nearest = {"index": near.index, "label": near.label, "params": near.reported_params, "acc": near.reported_acc}
     return {
         "study": study.study_name,
-        "meta": study.user_attrs.get("archsearch"),
+        "meta": study.user_attrs.get(STUDY_ATTR),
         "counts": {name: states.count(name) for name in dict.fromkeys(sorted(states))},
         "best": best,
         "pareto_front": front if len(study.directions) > 1 else [],
-        "best_under": {str(b): best_under(b) for b in budgets},
+        "best_under": {str(b): budget_best(b) for b in budgets},
         "report_best": {
             "index": best_report.index,
             "params": best_report.reported_params,

@@ -34,6 +34,7 @@ from archsearch.results.stats import ALPHA, welch
 from archsearch.study import _optuna
 from archsearch.study.finalists import FinalConfig, final_summary, run_finalists
 from archsearch.study.objective import Hooks
+from archsearch.study.records import TrialRecord
 from archsearch.study.search import SearchConfig, open_search_study, run_search
 from archsearch.study.spaces import Space, load_space, parse_space
 
@@ -163,8 +164,8 @@ def _timed_hooks(hooks: Hooks, clock: Clock) -> Hooks:
 def run_epoch_cost(trial: FrozenTrial) -> tuple[float, float] | None:
     """Seconds of training and of evaluation per run and epoch that ``trial`` measured (medians over its epochs;
     a run trained beside others on the same cores, as the finalists' seeds will be), or None."""
-    cost = trial.user_attrs.get("epoch_seconds")
-    if not isinstance(cost, list) or not cost:
+    cost = TrialRecord.from_trial(trial).epoch_seconds
+    if not cost:
         return None
     return statistics.median(c[0] for c in cost), statistics.median(c[1] for c in cost)
 
@@ -293,13 +294,13 @@ def _screen_rows(study: optuna.Study, origin: Any) -> list[dict[str, Any]]:
     """Every screen trial that trained: its last validation accuracy, epochs, state, and when it ended."""
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if "rejected" in t.user_attrs or not t.intermediate_values:
+        r = TrialRecord.from_trial(t)
+        if r.status != r.state or not r.curve:  # a sample the space rejected, or one that trained no epoch
             continue
-        last = max(t.intermediate_values)
+        last = max(r.curve)
         rows.append({
-            "trial": t.number, "spec": t.user_attrs.get("spec"), "params": t.user_attrs.get("params"),
-            "val_acc": t.intermediate_values[last], "epochs": last, "state": t.state.name.lower(),
-            "stopped": t.user_attrs.get("stopped"), "end_s": _since(t, origin),
+            "trial": r.number, "spec": r.spec, "params": r.params, "val_acc": r.curve[last], "epochs": last,
+            "state": r.state, "stopped": r.stopped, "end_s": _since(t, origin),
         })  # fmt: skip
     return rows
 
@@ -328,7 +329,7 @@ def timed_summary(
     if not rows:
         raise UserError(f"--time {cfg.time_s:g}s ran out before a finalist finished training; give it more time")
     screen = _screen_rows(study, origin)
-    states = [t.state.name.lower() if "rejected" not in t.user_attrs else "rejected" for t in trials]
+    states = [TrialRecord.from_trial(t).status for t in trials]
     return {
         "study": study.study_name,
         "final_study": final.study_name,
