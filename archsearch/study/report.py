@@ -7,6 +7,7 @@ from functools import cache
 from typing import Any
 
 from archsearch.core.errors import UserError
+from archsearch.core.protocol import LOSSES, REPORT_FIRST_SEED, REPORT_PROTOCOL, REPORT_RUNS
 from archsearch.core.resources import read_toml, studies_dir
 from archsearch.models import Spec, count_params, parse_spec
 
@@ -49,7 +50,13 @@ def _table() -> dict[str, Any]:
 
 
 def report_protocol() -> dict[str, Any]:
-    return dict(_table()["protocol"])
+    """The report's protocol as it states it (written once, in :mod:`archsearch.core.protocol`)."""
+    p = REPORT_PROTOCOL
+    return {
+        "optimizer": "AdamW", "lr": p.lr, "weight_decay": p.weight_decay, "init": "xavier_normal",
+        "seed": REPORT_FIRST_SEED, "epochs": p.epochs, "batch_size": p.batch_size, "runs": REPORT_RUNS,
+        "losses": list(LOSSES),
+    }  # fmt: skip
 
 
 @cache
