@@ -8,7 +8,7 @@
 #
 #   benchmarks/gpu_checks.sh                               # with the project's .venv, on CUDA
 #   PY=python3 OUT=/tmp/checks LIMIT=300 benchmarks/gpu_checks.sh
-#   DEVICE=cpu ROWS=0 STEPS=201 EST_ROWS=0 ... benchmarks/gpu_checks.sh   # the same plumbing on a CPU (tests/test_benchmarks.py)
+#   DEVICE=cpu ROWS=0 STEPS=201 EST_ROWS=0 ... benchmarks/gpu_checks.sh   # the same plumbing on a CPU (tests/bench/test_benchmarks.py)
 set -u
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."

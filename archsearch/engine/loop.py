@@ -2,12 +2,12 @@
 tensors, and returns plain data. Callers observe (and may stop) training through callbacks.
 
 All seeds of one architecture train together as one ``FusedModel``, stepped by the step ``select_step`` chooses
-(archsearch.engine.steps). Each run keeps everything that makes it *that* run: its own generator (seeded with its
-seed) draws first its Xavier-normal initialisation, then every epoch's shuffling order; two more generators of its
-own, seeded from the same seed, draw its augmentation and its dropout masks; its loss is averaged over its own batch;
-the optimisers are element-wise, so its optimiser state is its own slice of the stacked state. A seed therefore gets
-the same result in any group, up to float rounding of batched vs unbatched kernels (tests/test_train.py checks this
-against a plain PyTorch loop), and bit-identical results when rerun with the same arguments on the same machine.
+(archsearch.engine.steps). Each run keeps everything that makes it *that* run: its own generator (seeded with its seed)
+draws first its Xavier-normal initialisation, then every epoch's shuffling order; two more generators of its own, seeded
+from the same seed, draw its augmentation and its dropout masks; its loss is averaged over its own batch; the optimisers
+are element-wise, so its optimiser state is its own slice of the stacked state. A seed therefore gets the same result in
+any group, up to float rounding of batched vs unbatched kernels (tests/engine/test_loop.py checks this against a plain
+PyTorch loop), and bit-identical results when rerun with the same arguments on the same machine.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def lr_at(protocol: Protocol, step: int, steps_per_epoch: int) -> float:
     constant and cosine warm up linearly over ``warmup_epochs`` (from lr/steps to lr), then stay, or decay to 0 along
     a cosine; onecycle is torch's ``OneCycleLR`` step for step (cosine annealing, ``div_factor`` 25,
     ``final_div_factor`` 1e4; its warm-up is ``warmup_epochs`` where given, else 30% of the steps): the peak at the
-    warm-up's last step, the final rate at the last step (tests/test_optim.py holds it to torch's).
+    warm-up's last step, the final rate at the last step (tests/engine/test_optim.py holds it to torch's).
     """
     lr, total = protocol.lr, protocol.epochs * steps_per_epoch
     warm = round(protocol.warmup_epochs * steps_per_epoch)

@@ -12,8 +12,8 @@ its kind, in one place (timm's ``register_model`` is the model):
   general autograd step (:mod:`archsearch.engine.steps`).
 
 Weighted layers (conv, separable conv, residual block, linear) are followed by the spec's activation; a ``bn`` token
-after one gives it BatchNorm before that activation (inside a residual block: after each of its convolutions), and
-its convolution or product then has no bias (BatchNorm's shift replaces it). tests/test_layers.py runs every entry
+after one gives it BatchNorm before that activation (inside a residual block: after each of its convolutions), and its
+convolution or product then has no bias (BatchNorm's shift replaces it). tests/models/test_layers.py runs every entry
 through the same checks (registry-driven, as timm's tests are), so a new kind is one entry here plus its test case.
 """
 

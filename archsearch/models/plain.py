@@ -43,7 +43,7 @@ def build_model(spec: Spec, shape: Shape = FASHION_MNIST_SHAPE, classes: int = N
 
 def count_params(spec: Spec, shape: Shape = FASHION_MNIST_SHAPE, classes: int = NUM_CLASSES) -> int:
     """Learnable parameters (BatchNorm's running statistics are buffers, not counted), from the layer registry's
-    formulas; tests/test_layers.py holds them to the built model's count."""
+    formulas; tests/models/test_layers.py holds them to the built model's count."""
     shapes = spec.shapes(shape)
     return (
         sum(layer.params(s) for layer, s in zip(spec.layers, shapes, strict=False))

@@ -10,9 +10,9 @@ plane's gradient from the pooled one and the winners' positions. About 1.3 ms fo
 (benchmarks/bench_trainer.py has the end-to-end effect).
 
 The arithmetic is the same sums in another order, so results agree with torch's to float rounding
-(tests/test_conv.py); the pooling's choice among tied maxima is torch's exactly (the first in scan order). The shim
-is compiled on first use (archsearch.engine.native). ``ARCHSEARCH_CONV=torch`` forces torch; ``ARCHSEARCH_CONV=native``
-makes a missing compiler an error (CI sets it).
+(tests/engine/test_conv.py); the pooling's choice among tied maxima is torch's exactly (the first in scan order). The
+shim is compiled on first use (archsearch.engine.native). ``ARCHSEARCH_CONV=torch`` forces torch;
+``ARCHSEARCH_CONV=native`` makes a missing compiler an error (CI sets it).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ spent ~1.5 ms between kernels: the Python of the step, torch's dispatch of ~40 s
 backward, log-softmax, loss, transposes) and one ctypes call per product and per streamed block. The C step runs the
 same computation with the same buffers in the same order — forward, loss, hand-written backward, layers streamed in
 blocks, AdamW with torch's fused formula, the first layer for the announced next batch — in a few loops around the same
-libxsmm kernels. tests/test_cstep.py holds it to autograd's gradients and to torch.optim.AdamW, as tests/test_step.py
-holds the Python step.
+libxsmm kernels. tests/engine/test_cstep.py holds it to autograd's gradients and to torch.optim.AdamW, as
+tests/engine/test_handwritten.py holds the Python step.
 
 The caller (FusedStep) owns every tensor: weights, biases, gradient buffers and AdamW state are passed by address once;
 the step's activations live in a workspace allocated here per group of runs, sized for the largest batch seen.
@@ -79,7 +79,7 @@ class MLPStep:
 
     With ``groups`` > 1 the runs are split into that many groups, each stepped by its own C call on its own thread
     (ctypes releases the GIL): the runs share nothing, so a group computes exactly what the whole would for its runs,
-    and a run's numbers do not depend on the grouping (tests/test_cstep.py). One group per core lets a single
+    and a run's numbers do not depend on the grouping (tests/engine/test_cstep.py). One group per core lets a single
     process use its cores with the single-threaded libxsmm kernels.
     """
 

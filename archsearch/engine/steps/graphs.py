@@ -5,10 +5,10 @@ Python; the device waits for the launches. A captured graph replays all of them,
 launch. What makes a step replayable is that nothing in it depends on the host: the batch's indices are read from a
 device copy of the epoch's orders at a device-side step counter, which the graph itself advances.
 
-Replaying is not approximating: the graph runs the same kernels on the same buffers in the same order as the eager
-step, so a graphed run is the eager run (tests/test_graphs.py checks per-step losses on a GPU). The first steps run
-eagerly (they warm up cuBLAS/cuDNN and the caching allocator, as capture requires); the capture itself trains
-nothing, and the replay right after it performs that step.
+Replaying is not approximating: the graph runs the same kernels on the same buffers in the same order as the eager step,
+so a graphed run is the eager run (tests/engine/test_graphs.py checks per-step losses on a GPU). The first steps run
+eagerly (they warm up cuBLAS/cuDNN and the caching allocator, as capture requires); the capture itself trains nothing,
+and the replay right after it performs that step.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 Why not plain autograd: at batch 32 the step of an MLP is a handful of small batched GEMMs, and on a CPU autograd's
 bookkeeping (graph building, fresh gradient tensors every step, gradient layouts it does not choose for speed) cost
-1.25-1.4x in model-steps per second (rows 10, 15, 16). Here the gradients of the linear layers are written
-into buffers allocated once, by the same aten kernels autograd would call (``bmm``, the activations' ``*_backward``
-ops, ``_log_softmax_backward_data``), so the arithmetic is autograd's; tests/test_step.py checks every activation's
-gradient against autograd. A CNN's convolution trunk still runs under autograd (its cost is the convolution kernels,
-not the bookkeeping): the head hands the gradient of its input to ``features.backward``.
+1.25-1.4x in model-steps per second (rows 10, 15, 16). Here the gradients of the linear layers are written into buffers
+allocated once, by the same aten kernels autograd would call (``bmm``, the activations' ``*_backward`` ops,
+``_log_softmax_backward_data``), so the arithmetic is autograd's; tests/engine/test_handwritten.py checks every
+activation's gradient against autograd. A CNN's convolution trunk still runs under autograd (its cost is the convolution
+kernels, not the bookkeeping): the head hands the gradient of its input to ``features.backward``.
 
 Why big layers are *streamed* on a single-threaded CPU worker: a wide layer's weights, gradient and AdamW state (row
 15's first layer: 4 x 8 MB for 5 runs) do not stay in cache between the kernels that touch them, so done layer by

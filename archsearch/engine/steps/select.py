@@ -1,7 +1,7 @@
 """select_step: the one place where the path a training step takes is chosen.
 
 Every spec trains through the general autograd step. The hand-written steps are accelerators, taken only where they
-apply, and they must compute the same numbers to float rounding (tests/test_parity.py holds each to autograd):
+apply, and they must compute the same numbers to float rounding (tests/engine/test_parity.py holds each to autograd):
 
 * ``c`` — a ReLU MLP's whole step as one C call per group of runs (cstep.py), on a CPU with libxsmm: one group per
   thread, so one process uses every core it is given with the single-threaded libxsmm kernels;

@@ -1,5 +1,5 @@
 """The hand-written training step computes autograd's gradients, for every activation, in MLPs and CNNs (the Python
-step: native=False; tests/test_cstep.py holds the C step of ReLU MLPs to the same)."""
+step: native=False; tests/engine/test_cstep.py holds the C step of ReLU MLPs to the same)."""
 
 from __future__ import annotations
 

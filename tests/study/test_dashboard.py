@@ -21,7 +21,7 @@ from archsearch.core.errors import UserError
 from archsearch.study.artifacts import artifact_store
 from archsearch.study.dashboard import dashboard_url, serve
 from tests.dashboard_process import free_port, start_background
-from tests.test_analyze import trial_attrs
+from tests.study.test_analysis import trial_attrs
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,7 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-SCREENSHOT = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard.png"
 TRIALS = [("mlp:128-relu", [0.877, 0.879]), ("mlp:64,32-tanh", [0.866, 0.870]), ("mlp:linear", [0.839, 0.841])]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_trainer.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_trainer.py"
 GPU_CHECKS = SCRIPT.with_name("gpu_checks.sh")
 
 

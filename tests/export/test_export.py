@@ -395,7 +395,7 @@ def test_the_docs_plain_torch_snippet_rebuilds_what_load_checkpoint_does(
     """The plain-torch code of the docs' "Models you can use without archsearch" (docs/guides/export.md), run as
     written on a BatchNorm + dropout checkpoint whose running statistics are not the initial ones: it must give
     load_checkpoint's logits (so the snippet's imports exist and its eval() is not forgotten)."""
-    page = (Path(__file__).parent.parent / "docs" / "guides" / "export.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "guides" / "export.md").read_text()
     section = page.split("# Models you can use without archsearch", 1)[1]
     snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
     spec = "cnn:4c3p1-bn-p2-fc-d0.2-relu"

@@ -10,7 +10,7 @@ from archsearch.models import Conv, count_params, macs_per_sample
 from archsearch.study.report import report_rows
 from archsearch.study.spaces import SpaceError, load_space, spec_or_reason
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "small_cnn.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "small_cnn.toml"
 
 
 def sample_many(space_name: str, n: int = 60) -> list[object]:

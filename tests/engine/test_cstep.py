@@ -17,7 +17,7 @@ from archsearch.models import FusedModel, build_model, init_model, parse_spec
 pytestmark = pytest.mark.skipif(not gemm.libxsmm_available(), reason="no libxsmm")
 
 K, B = 3, 8
-STREAMED = {"stream_bytes": 0, "block_bytes": 50_000}  # blocks of uneven size, as in tests/test_step.py
+STREAMED = {"stream_bytes": 0, "block_bytes": 50_000}  # blocks of uneven size, as in tests/engine/test_handwritten.py
 
 
 def _plain(text: str) -> list[nn.Sequential]:
@@ -29,7 +29,7 @@ def _plain(text: str) -> list[nn.Sequential]:
 @pytest.mark.parametrize("loss", ["ce", "kl"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
 def test_gradients_equal_autograd(arch: str, loss: str, streamed: bool) -> None:
-    """Read from AdamW's first moment after one step with lr 0, as tests/test_step.py does."""
+    """Read from AdamW's first moment after one step with lr 0, as tests/engine/test_handwritten.py does."""
     spec, plain = parse_spec(arch), _plain(arch)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(K, B, 784, generator=gen) * 2 - 0.5
@@ -44,7 +44,7 @@ def test_gradients_equal_autograd(arch: str, loss: str, streamed: bool) -> None:
         torch.testing.assert_close(run_loss[k], ref.detach(), rtol=1e-6, atol=1e-7)
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         for lin, w, b in zip(linears, fused.fc_weights, fused.fc_biases, strict=True):
-            # libxsmm sums in another order than autograd's MKL (see tests/test_step.py)
+            # libxsmm sums in another order than autograd's MKL (see tests/engine/test_handwritten.py)
             torch.testing.assert_close(step.opt.state(w)[0][k] / 0.1, lin.weight.grad, rtol=1e-5, atol=5e-7)
             torch.testing.assert_close(step.opt.state(b)[0][k, 0] / 0.1, lin.bias.grad, rtol=1e-5, atol=5e-7)
     for p, q in zip(fused.parameters(), FusedModel.from_models(spec, plain).parameters(), strict=True):

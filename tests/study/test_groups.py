@@ -23,7 +23,7 @@ from archsearch.data import Dataset
 from archsearch.engine import EpochReport, train
 from archsearch.engine.steps import StepPlan
 from archsearch.models import parse_spec
-from tests.test_search import search_json
+from tests.study.test_search import search_json
 
 CNN = "cnn:6c3p1-bn-12c3s2p1-bn-gap-fc-d0.1-relu"
 BASE = Protocol(epochs=2, batch_size=64, optimizer="sgd", momentum=0.9, schedule="onecycle", lr=0.05)

@@ -79,7 +79,7 @@ def test_fused_model_is_k_plain_models(kind: str) -> None:
         fused.train(train_mode)
         for m in plain:
             m.train(train_mode)
-        if train_mode and random:  # dropout's masks are drawn per run: equality is tests/test_parity.py's business
+        if train_mode and random:  # dropout masks are drawn per run: equality is for tests/engine/test_parity.py
             continue
         out = fused(_inputs(spec.kind, x))
         for k in range(K):

@@ -142,7 +142,7 @@ def test_the_readme_and_docs_best_per_budget_figures_are_the_committed_searches_
     """The best model per parameter budget, in the searching guide's table and in the README's headline results, is
     copied from the budget searches' committed summaries, not retyped: every row's spec, parameter count, final
     validation and test accuracy equal its study's `best_under` entry."""
-    root = Path(__file__).parent.parent
+    root = Path(__file__).resolve().parents[2]
 
     def best_under(run: str, budget: str) -> dict[str, Any]:
         summary = json.loads((root / "studies/results" / run / "summary.json").read_text())
