@@ -25,49 +25,55 @@ Table = tuple[str, list[str], list[list[str]]]
 
 def format_tables(result: Mapping[str, Any]) -> list[Table]:
     """The analysis as (title, headers, rows) of strings: the CLI renders them with rich, Markdown reuses them."""
-    rows = result["rows"]
-    metric, monitor = result["metric"], result["monitor"]
+    monitor = result["monitor"]
     short = "val acc" if monitor == "val" else f"{monitor} acc"
     both = monitor != "test"  # searches: test accuracy beside the monitored one, for reporting only
-    multi_loss = len({r.get("loss") for r in rows}) > 1
-    tables: list[Table] = []
+    tables = [
+        _trials_table(result, short, both),
+        _front_table(result, short, both),
+        _depth_table(result, short),
+        _activation_table(result, short),
+    ]
+    if imp := result.get("importances"):
+        tables.append(_importance_table(imp, short))
+    if report := result.get("report"):
+        tables += _report_tables(report)
+    return tables
 
+
+def _accs(r: Mapping[str, Any], both: bool) -> list[str]:
+    """The judged accuracy (and, for searches, test accuracy beside it) as mean ± std over seeds."""
+    out = [mean_std(r["acc_mean"], r["acc_std"], len(r["acc_per_seed"]))]
+    return out + ([mean_std(r["test_acc_mean"], r["test_acc_std"], len(r["test_acc_per_seed"]))] if both else [])
+
+
+def _trials_table(result: Mapping[str, Any], short: str, both: bool) -> Table:
+    rows = result["rows"]
+    multi_loss = len({r.get("loss") for r in rows}) > 1
     headers = ["trial", "spec", "params", "depth", "activation", *(["loss"] if multi_loss else []), short]
-    headers += ["test acc"] if both else []
-    headers += ["Pareto"]
+    headers += [*(["test acc"] if both else []), "Pareto"]
     body = []
     for r in sorted(rows, key=lambda r: -r["acc_mean"]):
         activation = str(r["activation"]) if r["depth"] else "–"  # mlp:linear has no hidden layer to activate
         line = [str(r["number"]), r["spec"], f"{r['params']:,}", str(r["depth"]), activation]
         line += [str(r.get("loss"))] if multi_loss else []
-        line += [mean_std(r["acc_mean"], r["acc_std"], len(r["acc_per_seed"]))]
-        line += [mean_std(r["test_acc_mean"], r["test_acc_std"], len(r["test_acc_per_seed"]))] if both else []
-        line += ["yes" if r["pareto"] else ""]
-        body.append(line)
-    tables.append(
-        (f"Complete trials of {result['study']}, best first ({metric}, mean ± std over seeds)", headers, body)
-    )
+        body.append([*line, *_accs(r, both), "yes" if r["pareto"] else ""])
+    title = f"Complete trials of {result['study']}, best first ({result['metric']}, mean ± std over seeds)"
+    return title, headers, body
 
-    by_number = {r["number"]: r for r in rows}
+
+def _front_table(result: Mapping[str, Any], short: str, both: bool) -> Table:
+    by_number = {r["number"]: r for r in result["rows"]}
     front = [by_number[n] for n in result["pareto_front"] if n in by_number]
-    tables.append(
-        (
-            f"Pareto front: {metric} (higher) against parameters (fewer)",
-            ["trial", "spec", "params", short, *(["test acc"] if both else [])],
-            [
-                [
-                    str(r["number"]),
-                    r["spec"],
-                    f"{r['params']:,}",
-                    mean_std(r["acc_mean"], r["acc_std"], len(r["acc_per_seed"])),
-                ]
-                + ([mean_std(r["test_acc_mean"], r["test_acc_std"], len(r["test_acc_per_seed"]))] if both else [])
-                for r in front
-            ],
-        )
+    return (
+        f"Pareto front: {result['metric']} (higher) against parameters (fewer)",
+        ["trial", "spec", "params", short, *(["test acc"] if both else [])],
+        [[str(r["number"]), r["spec"], f"{r['params']:,}", *_accs(r, both)] for r in front],
     )
 
-    depth_rows = [
+
+def _depth_table(result: Mapping[str, Any], short: str) -> Table:
+    rows = [
         [
             band["label"],
             str(d["depth"]),
@@ -79,86 +85,70 @@ def format_tables(result: Mapping[str, Any]) -> list[Table]:
         for band in result["depth_effect"]
         for d in band["depths"]
     ]
-    tables.append(
-        (
-            f"Depth at similar parameter count (bands of ×{result['band_factor']:g}; {metric}, mean ± std over runs)",
-            ["band", "depth", "trials", "runs", short, "best trial's spec"],
-            depth_rows,
-        )
+    bands = f"bands of ×{result['band_factor']:g}; {result['metric']}, mean ± std over runs"
+    return (
+        f"Depth at similar parameter count ({bands})",
+        ["band", "depth", "trials", "runs", short, "best trial's spec"],
+        rows,
     )
 
+
+def _activation_table(result: Mapping[str, Any], short: str) -> Table:
     act = result["activation_effect"]
     how = "same architecture and protocol" if act["mode"] == "matched" else "all trials pooled"
-    tables.append(
-        (
-            f"Activation ({how}; {metric}, mean ± std over runs)",
-            ["architecture", "activation", "trials", "runs", short],
-            [
-                [
-                    g["label"],
-                    a["activation"],
-                    str(a["n_trials"]),
-                    str(a["n_runs"]),
-                    mean_std(a["mean"], a["std"], a["n_runs"]),
-                ]
-                for g in act["groups"]
-                for a in g["activations"]
-            ],
-        )
+    rows = [
+        [g["label"], a["activation"], str(a["n_trials"]), str(a["n_runs"]), mean_std(a["mean"], a["std"], a["n_runs"])]
+        for g in act["groups"]
+        for a in g["activations"]
+    ]
+    return (
+        f"Activation ({how}; {result['metric']}, mean ± std over runs)",
+        ["architecture", "activation", "trials", "runs", short],
+        rows,
     )
 
-    imp = result.get("importances")
-    if imp:
-        names = list(imp["accuracy"])
-        cols = ["accuracy"] + (["pareto"] if "pareto" in imp else [])
-        tables.append(
-            (
-                "Hyperparameter importance (PED-ANOVA; share of the total, per target)",
-                ["hyperparameter", short, *(["Pareto front (accuracy, params)"] if "pareto" in imp else [])],
-                [[name] + [f"{imp[c].get(name, 0.0):.3f}" for c in cols] for name in names],
-            )
-        )
 
-    report = result.get("report")
-    if report:
-        tables.append(
-            (
-                "Against the report (test accuracy, mean ± std over seeds)",
-                ["row", "architecture", "loss", "params", "accuracy", "reported", "diff"],
-                [
-                    [
-                        str(r["index"]),
-                        r["label"],
-                        r["loss"],
-                        f"{r['params']:,}",
-                        mean_std(r["acc_mean"], r["acc_std"], r["n_runs"]),
-                        f"{r['reported_acc']:.4f}",
-                        f"{r['acc_diff']:+.4f}",
-                    ]
-                    for r in report["results"]
-                ],
-            )
-        )
-        tables.append(
-            (
-                "The report's comparisons (Welch's t-test on per-seed test accuracy)",
-                ["section", "loss", "claim", "reported diff", "reproduced diff", "p", "verdict"],
-                [
-                    [
-                        f"{c['section']} {c['title']}",
-                        c["loss"],
-                        s["claim"],
-                        f"{s['reported_diff']:+.4f}",
-                        f"{s['reproduced_diff']:+.4f}",
-                        "–" if s["p_value"] is None else f"{s['p_value']:.3f}",
-                        s["verdict"],
-                    ]
-                    for c in report["comparisons"]
-                    for s in c["steps"]
-                ],
-            )
-        )
-    return tables
+def _importance_table(imp: Mapping[str, Any], short: str) -> Table:
+    names, cols = list(imp["accuracy"]), ["accuracy"] + (["pareto"] if "pareto" in imp else [])
+    return (
+        "Hyperparameter importance (PED-ANOVA; share of the total, per target)",
+        ["hyperparameter", short, *(["Pareto front (accuracy, params)"] if "pareto" in imp else [])],
+        [[name] + [f"{imp[c].get(name, 0.0):.3f}" for c in cols] for name in names],
+    )
+
+
+def _report_tables(report: Mapping[str, Any]) -> list[Table]:
+    results = [
+        [
+            str(r["index"]),
+            r["label"],
+            r["loss"],
+            f"{r['params']:,}",
+            mean_std(r["acc_mean"], r["acc_std"], r["n_runs"]),
+            f"{r['reported_acc']:.4f}",
+            f"{r['acc_diff']:+.4f}",
+        ]
+        for r in report["results"]
+    ]
+    steps = [
+        [
+            f"{c['section']} {c['title']}",
+            c["loss"],
+            s["claim"],
+            f"{s['reported_diff']:+.4f}",
+            f"{s['reproduced_diff']:+.4f}",
+            "–" if s["p_value"] is None else f"{s['p_value']:.3f}",
+            s["verdict"],
+        ]
+        for c in report["comparisons"]
+        for s in c["steps"]
+    ]
+    return [
+        ("Against the report (test accuracy, mean ± std over seeds)",
+         ["row", "architecture", "loss", "params", "accuracy", "reported", "diff"], results),
+        ("The report's comparisons (Welch's t-test on per-seed test accuracy)",
+         ["section", "loss", "claim", "reported diff", "reproduced diff", "p", "verdict"], steps),
+    ]  # fmt: skip
 
 
 def _md_cell(text: str) -> str:

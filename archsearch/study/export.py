@@ -126,11 +126,51 @@ def export_trial(
     _check_out_dir(out_dir)
     study = load_existing_study(storage_url, study_name)
     trial = _pick_trial(study, study_name, trial_number)
+    artifact_id, weights = _trial_weights(study, trial, storage_url)
+    spec = parse_spec(weights.spec)
+    recorded = trial.user_attrs.get("dataset_info")
+    info = DatasetInfo.from_dict(recorded) if isinstance(recorded, dict) else FASHION_MNIST  # older trials: Fashion
+    chosen, selection = _pick_seed(trial, weights.seeds, weights.diverged_seeds, seed)
+    model = build_model(spec, info.shape, info.num_classes)
+    check_state_dict(weights.state_dict(chosen), model, f"weights artifact {artifact_id}")
+    model.load_state_dict(weights.state_dict(chosen))
+    model.eval()
+    config = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spec": str(spec),
+        "spec_dict": spec.to_dict(),
+        "params": count_params(spec, info.shape, info.num_classes),
+        "seed": chosen,
+        "selection": selection,
+        "protocol": trial.user_attrs.get("protocol"),
+        "dataset": info.to_dict(),
+        "input": input_description(info),
+        "output": _output_description(info.num_classes),
+        "classes": list(info.classes),
+        "metrics": _seed_metrics(trial, weights.seeds, weights.diverged_seeds, chosen),
+        "source": {
+            "study": study_name,
+            "trial": trial.number,
+            "storage": storage_label(storage_url or DEFAULT_STORAGE),
+            "weights_artifact": str(artifact_id),
+            "trial_seeds": weights.seeds,
+        },
+        "versions": {"archsearch": __version__, "torch": torch.__version__},
+        "files": {"weights": WEIGHTS_FILE, **{f: _FORMAT_FILES[f] for f in formats}},
+    }
+    _write_checkpoint(out_dir, model, config, formats, info)
+    files = [CONFIG_FILE, WEIGHTS_FILE, *(_FORMAT_FILES[f] for f in formats)]
+    return {"out": str(out_dir), "files": files, "config": config}
+
+
+def _trial_weights(study: optuna.Study, trial: FrozenTrial, storage_url: str | None) -> tuple[str, Any]:
+    """The trial's weights artifact: its id and every run's weights, checked to be the trial's."""
     artifact_id = trial.user_attrs.get(WEIGHTS_ATTR)
     if not artifact_id:
         raise UserError(
-            f"trial {trial.number} of study {study_name!r} has no saved weights (trained before checkpoints were "
-            f"saved, or without an artifact store); trials with weights: {_trials_with_weights(study) or 'none'}"
+            f"trial {trial.number} of study {study.study_name!r} has no saved weights (trained before checkpoints "
+            f"were saved, or without an artifact store); trials with weights: {_trials_with_weights(study) or 'none'}"
         )
     store = artifact_store(storage_url, create=False)
     with tempfile.TemporaryDirectory(prefix="archsearch-export-") as tmp:
@@ -148,40 +188,16 @@ def export_trial(
     attrs = trial.user_attrs
     if weights.spec != attrs.get("spec", weights.spec) or weights.seeds != list(attrs.get("seeds", weights.seeds)):
         raise UserError(f"weights artifact {artifact_id} does not belong to trial {trial.number} (spec/seeds differ)")
-    spec = parse_spec(weights.spec)
-    recorded = attrs.get("dataset_info")
-    info = DatasetInfo.from_dict(recorded) if isinstance(recorded, dict) else FASHION_MNIST  # older trials: Fashion
-    chosen, selection = _pick_seed(trial, weights.seeds, weights.diverged_seeds, seed)
-    model = build_model(spec, info.shape, info.num_classes)
-    check_state_dict(weights.state_dict(chosen), model, f"weights artifact {artifact_id}")
-    model.load_state_dict(weights.state_dict(chosen))
-    model.eval()
-    config = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "spec": str(spec),
-        "spec_dict": spec.to_dict(),
-        "params": count_params(spec, info.shape, info.num_classes),
-        "seed": chosen,
-        "selection": selection,
-        "protocol": attrs.get("protocol"),
-        "dataset": info.to_dict(),
-        "input": input_description(info),
-        "output": _output_description(info.num_classes),
-        "classes": list(info.classes),
-        "metrics": _seed_metrics(trial, weights.seeds, weights.diverged_seeds, chosen),
-        "source": {
-            "study": study_name,
-            "trial": trial.number,
-            "storage": storage_label(storage_url or DEFAULT_STORAGE),
-            "weights_artifact": str(artifact_id),
-            "trial_seeds": weights.seeds,
-        },
-        "versions": {"archsearch": __version__, "torch": torch.__version__},
-        "files": {"weights": WEIGHTS_FILE, **{f: _FORMAT_FILES[f] for f in formats}},
-    }
+    return str(artifact_id), weights
+
+
+def _write_checkpoint(
+    out_dir: Path, model: nn.Module, config: dict[str, Any], formats: Sequence[str], info: DatasetInfo
+) -> None:
+    """The checkpoint's files, whole or not at all: weights, the other formats (mirror-averaging where the recipe
+    evaluates with mirrored images), config.json."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": CHECKPOINT_FORMAT, "spec": str(spec), "seed": str(chosen)}
+    meta = {"format": CHECKPOINT_FORMAT, "spec": str(config["spec"]), "seed": str(config["seed"])}
     with output_dir(out_dir, replace=True) as tmp_dir:
         from safetensors.torch import save_file
 
@@ -190,8 +206,6 @@ def export_trial(
         for fmt in formats:
             _write_format(fmt, served, tmp_dir / _FORMAT_FILES[fmt], info)
         (tmp_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    files = [CONFIG_FILE, WEIGHTS_FILE, *(_FORMAT_FILES[f] for f in formats)]
-    return {"out": str(out_dir), "files": files, "config": config}
 
 
 def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
