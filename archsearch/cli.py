@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 import typer
 
 from archsearch import _console as console
-from archsearch.core import interrupts
+from archsearch.core import interrupts, settings
 from archsearch.core.errors import UserError
 from archsearch.core.protocol import LOSSES, OPTIMIZERS, REPORT_FIRST_SEED, REPORT_PROTOCOL, SCHEDULES, Augment
 
@@ -662,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with interrupts.handled(exiting=argv is None):  # argv None: the program itself, not a caller in Python
         try:
-            code = command.main(args=args, prog_name="archsearch", standalone_mode=False)
+            with settings.using(settings.Settings.from_env()):  # the environment, read once for the command
+                code = command.main(args=args, prog_name="archsearch", standalone_mode=False)
         except typer.Exit as err:
             return int(err.exit_code)
         except KeyboardInterrupt:  # typer returns a KeyboardInterrupt as the exit code 130; this is in case it raises

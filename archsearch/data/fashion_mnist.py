@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from archsearch.core.settings import current
 from archsearch.data.dataset import FASHION_MNIST, DataError, Dataset, split_dataset
 from archsearch.data.idx import check_idx
 
@@ -52,10 +53,7 @@ HOW_TO_GET = (
 
 def default_data_dir() -> Path:
     """``ARCHSEARCH_DATA`` if set, else the user cache directory (``$XDG_CACHE_HOME/archsearch``)."""
-    if env := os.environ.get("ARCHSEARCH_DATA"):
-        return Path(env)
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "archsearch"
+    return current().default_data_dir
 
 
 def _raw_dir(root: Path) -> Path:

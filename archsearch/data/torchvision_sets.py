@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from archsearch.core.settings import current
 from archsearch.core.shapes import Shape
 from archsearch.data.dataset import DataError, DatasetInfo
 from archsearch.data.idx import check_idx, read_idx
@@ -40,7 +41,7 @@ Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train 
 
 def downloads_allowed(download: bool) -> bool:
     """A download may start only when the caller allows it and ``ARCHSEARCH_OFFLINE`` is not "1"."""
-    return download and os.environ.get(OFFLINE_ENV) != "1"
+    return download and not current().offline
 
 
 def _tv(name: str) -> Any:

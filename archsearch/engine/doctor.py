@@ -19,7 +19,7 @@ def describe_runtime() -> dict[str, object]:
     from archsearch.core.protocol import REPORT_PROTOCOL
     from archsearch.core.shapes import FASHION_MNIST_SHAPE
     from archsearch.engine.native import conv, gemm
-    from archsearch.engine.native.loader import WHY_NOT, cache_dir
+    from archsearch.engine.native.loader import cache_dir
     from archsearch.engine.steps.select import CONV_NO_AVX512, select_step
     from archsearch.models import parse_spec
 
@@ -46,9 +46,9 @@ def describe_runtime() -> dict[str, object]:
         "cuda": torch.cuda.get_device_name(0) if cuda else None,
         "cores": cores,
         "products": backends["products"],
-        "products_why_not": WHY_NOT.get("ARCHSEARCH_GEMM") if backends["products"] == "torch" else None,
+        "products_why_not": gemm.why_not() if backends["products"] == "torch" else None,
         "first_conv": backends["first_conv"],
-        "first_conv_why_not": (WHY_NOT.get("ARCHSEARCH_CONV") or (None if conv.pays_here() else CONV_NO_AVX512))
+        "first_conv_why_not": (conv.why_not() or (None if conv.pays_here() else CONV_NO_AVX512))
         if backends["first_conv"] == "torch"
         else None,
         "native_cache": str(cache_dir()) if gemm.libxsmm_available() or conv.available() else None,

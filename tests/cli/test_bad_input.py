@@ -137,15 +137,15 @@ def test_bad_native_setting(
 
     for key, value in env.items():
         monkeypatch.setenv(key, value.replace("{tmp}", str(workdir)))
-    gemm._library.cache_clear()  # the settings are read once per process
-    conv._library.cache_clear()
+    gemm._loaded.cache_clear()  # the kernels are loaded once per settings
+    conv._loaded.cache_clear()
     before = snapshot(workdir)
     try:
         code = main(["reproduce", "--models", "0", "--workers", "2", "--storage", f"sqlite:///{workdir}/new.db"])
     finally:
         monkeypatch.undo()
-        gemm._library.cache_clear()
-        conv._library.cache_clear()
+        gemm._loaded.cache_clear()
+        conv._loaded.cache_clear()
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("archsearch: error: ") and fragment in err

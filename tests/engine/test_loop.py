@@ -229,20 +229,20 @@ def test_a_runs_numbers_follow_its_arguments_not_the_ambient_thread_count(arch: 
     assert results[0].runs[0].step_losses == results[1].runs[0].step_losses
 
 
-@pytest.mark.parametrize("flags, forced", [({"avx2"}, None), ({"avx2", "avx512f"}, None), ({"avx2"}, "native")])
+@pytest.mark.parametrize("flags, forced", [({"avx2"}, None), ({"avx2", "avx512f"}, None), ({"avx2"}, "1")])
 def test_cnns_take_the_hand_written_paths_only_where_they_pay(
     monkeypatch: pytest.MonkeyPatch, flags: set[str], forced: str | None
 ) -> None:
     """select_step: on a CPU without AVX-512 a CNN trains through autograd, which was measured faster there, unless
-    ARCHSEARCH_CONV=native insists; MLPs keep their accelerators either way."""
+    ARCHSEARCH_CONV_ANY_CPU=1 insists; MLPs keep their accelerators either way."""
     from archsearch.engine.native import conv, loader
 
     monkeypatch.setattr(loader, "cpu_flags", lambda: frozenset(flags))
     if forced:
-        monkeypatch.setenv("ARCHSEARCH_CONV", forced)
+        monkeypatch.setenv("ARCHSEARCH_CONV_ANY_CPU", forced)
     else:
-        monkeypatch.delenv("ARCHSEARCH_CONV", raising=False)
-    pays = forced == "native" or "avx512f" in flags
+        monkeypatch.delenv("ARCHSEARCH_CONV_ANY_CPU", raising=False)
+    pays = forced == "1" or "avx512f" in flags
     cnn = select_step(report_rows()[16].spec, Protocol(), device="cpu", threads=1, shape=FASHION_MNIST_SHAPE)
     if pays:
         assert cnn.step == "python" and cnn.first_conv == ("native" if conv.available() else "torch")

@@ -12,40 +12,51 @@ plane's gradient from the pooled one and the winners' positions. About 1.3 ms fo
 The arithmetic is the same sums in another order, so results agree with torch's to float rounding
 (tests/engine/test_conv.py); the pooling's choice among tied maxima is torch's exactly (the first in scan order). The
 shim is compiled on first use (archsearch.engine.native). ``ARCHSEARCH_CONV=torch`` forces torch;
-``ARCHSEARCH_CONV=native`` makes a missing compiler an error (CI sets it).
+``ARCHSEARCH_CONV=native`` makes a missing compiler an error, and ``ARCHSEARCH_CONV_ANY_CPU=1`` takes the kernels on
+CPUs without AVX-512 too (CI sets both).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from archsearch.core.settings import Settings, current
 from archsearch.engine.native import loader as native
 
-__all__ = ["MAX_KERNEL", "available", "backend", "first_conv", "first_conv_program", "takes"]
+__all__ = ["MAX_KERNEL", "available", "backend", "first_conv", "first_conv_program", "pays_here", "takes", "why_not"]
 
 _SOURCE = Path(__file__).with_name("_conv.c")
 MAX_KERNEL = 16  # the backward keeps a kernel row's partial sums in a fixed array
 
 
-@functools.cache
 def _library() -> ctypes.CDLL | None:
-    lib = native.load(
-        "ARCHSEARCH_CONV", "native", lambda: native.build("conv", _SOURCE, flags=["-O3", "-march=native"], link=["-lm"])
-    )
+    return _loaded(current())[0]
+
+
+def why_not() -> str | None:
+    """Why the C kernels are not there (None where they are)."""
+    return _loaded(current())[1]
+
+
+@functools.cache  # per settings: built and loaded once (a process's settings change only in tests)
+def _loaded(settings: Settings) -> tuple[ctypes.CDLL | None, str | None]:
+    lib, why = native.load(
+        "ARCHSEARCH_CONV", settings.conv,
+        lambda: native.build("conv", _SOURCE, flags=["-O3", "-march=native"], link=["-lm"]),
+    )  # fmt: skip
     if lib is None:
-        return None
+        return None, why
     c_int, c_long, c_ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
     for fn in (lib.archsearch_conv_forward, lib.archsearch_conv_backward):
         fn.argtypes = [c_int] * 8 + [c_ptr, c_long, c_long, c_ptr, c_ptr, c_ptr, c_ptr]
         fn.restype = c_int
-    return lib
+    return lib, None
 
 
 def available() -> bool:
@@ -56,8 +67,8 @@ def available() -> bool:
 def pays_here() -> bool:
     """Whether the kernels are worth taking on this CPU. They were written and measured on AVX-512 (Zen 4: 1.3 ms
     against oneDNN's 3.2 for row 16's first layer); on an AVX2-only AMD EPYC the same step ran at 138 model-steps/s
-    against 295 with oneDNN's conv, so there torch does the layer unless ``ARCHSEARCH_CONV=native`` insists."""
-    return os.environ.get("ARCHSEARCH_CONV", "auto") == "native" or "avx512f" in native.cpu_flags()
+    against 295 with oneDNN's conv, so there torch does the layer unless ``ARCHSEARCH_CONV_ANY_CPU=1`` insists."""
+    return current().conv_any_cpu or "avx512f" in native.cpu_flags()
 
 
 def backend() -> str:

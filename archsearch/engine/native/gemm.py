@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from archsearch.core.settings import Settings, current
 from archsearch.engine.native import loader as native
 
-__all__ = ["backend", "library", "libxsmm_available", "mm", "torch_mm", "transpose"]
+__all__ = ["backend", "library", "libxsmm_available", "mm", "torch_mm", "transpose", "why_not"]
 
 _SOURCE = Path(__file__).with_name("_xsmm.c")
 _INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
@@ -41,7 +41,7 @@ _LIBS = ("xsmm", "xsmmnoblas")
 
 def _find_libxsmm() -> tuple[Path, list[Path]] | None:
     """libxsmm's include folder and library files (static or shared), or None."""
-    prefix = os.environ.get("LIBXSMM_ROOT")
+    prefix = current().libxsmm_root
     includes = [Path(prefix, "include")] if prefix else [Path(d) for d in _INCLUDE_DIRS]
     libdirs = [Path(prefix, "lib")] if prefix else [Path(d) for d in _LIB_DIRS]
     include = next((d for d in includes if (d / "libxsmm.h").is_file()), None)
@@ -62,15 +62,24 @@ def _build(include: Path, libs: list[Path]) -> Path | str:
     return native.build("xsmm", _SOURCE, flags=flags, link=link, deps=libs)
 
 
-@functools.cache
 def _library() -> ctypes.CDLL | None:
+    return _loaded(current())[0]
+
+
+def why_not() -> str | None:
+    """Why torch computes the products here (None where libxsmm does)."""
+    return _loaded(current())[1]
+
+
+@functools.cache  # per settings: built and loaded once (a process's settings change only in tests)
+def _loaded(settings: Settings) -> tuple[ctypes.CDLL | None, str | None]:
     def make() -> Path | str:
         found = _find_libxsmm()
         return _build(*found) if found is not None else "libxsmm (Debian: libxsmm-dev) was not found"
 
-    lib = native.load("ARCHSEARCH_GEMM", "libxsmm", make)
+    lib, why = native.load("ARCHSEARCH_GEMM", settings.gemm, make)
     if lib is None:
-        return None
+        return None, why
     c_int, c_long, c_ptr = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
     lib.archsearch_xsmm_bgemm.argtypes = [c_int, c_int, c_int, c_int]  # batch, M, N, K
     lib.archsearch_xsmm_bgemm.argtypes += [c_ptr, c_long, c_int, c_int, c_ptr, c_long, c_int, c_ptr, c_long, c_int]
@@ -86,7 +95,7 @@ def _library() -> ctypes.CDLL | None:
     lib.archsearch_mlp_step.argtypes += [c_double] * 6  # step, lr, beta1, beta2, weight decay, eps
     lib.archsearch_mlp_step.restype = c_int
     lib.archsearch_xsmm_init()
-    return lib
+    return lib, None
 
 
 def library() -> ctypes.CDLL | None:

@@ -24,15 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from archsearch.core.errors import UserError
+from archsearch.core.settings import BACKEND_CHOICES, current
 
-__all__ = ["WHY_NOT", "build", "cache_dir", "load"]
+__all__ = ["build", "cache_dir", "load"]
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("ARCHSEARCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "archsearch"
-    )
-    return Path(root)
+    """Where compiled kernels (and per-machine measurements) are kept: ``ARCHSEARCH_CACHE``, else the user cache."""
+    return current().kernel_cache
 
 
 def _cpu() -> str:
@@ -69,7 +68,7 @@ def build(name: str, source: Path, *, flags: list[str], link: list[str], deps: l
     target = cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    compiler = shutil.which(current().cc) or shutil.which("gcc")
     if compiler is None:
         return "no C compiler (cc) was found"
     try:
@@ -92,23 +91,15 @@ def build(name: str, source: Path, *, flags: list[str], link: list[str], deps: l
     return target
 
 
-# Why a shim is not used, by setting (ARCHSEARCH_GEMM, ARCHSEARCH_CONV): what `archsearch doctor` says.
-WHY_NOT: dict[str, str] = {}
-
-
-def load(setting: str, required: str, make: Callable[[], Path | str]) -> ctypes.CDLL | None:
-    """The shim that ``make`` builds (its path, or why not), loaded, as the environment variable ``setting`` allows:
-    ``auto``, ``torch`` (None, nothing built) or ``required`` (a shim that cannot be built is a UserError)."""
-    choice = os.environ.get(setting, "auto")
-    if choice not in ("auto", "torch", required):
-        raise UserError(f"{setting} must be auto, torch or {required}, not {choice!r}")
+def load(setting: str, choice: str, make: Callable[[], Path | str]) -> tuple[ctypes.CDLL | None, str | None]:
+    """The shim that ``make`` builds (its path, or why not), loaded as the ``choice`` of the setting ``setting``
+    allows: ``auto``, ``torch`` (nothing built) or the required one (a shim that cannot be built is a UserError).
+    Returns the library, or None and why not (what `archsearch doctor` says)."""
     if choice == "torch":
-        WHY_NOT[setting] = f"{setting}=torch"
-        return None
+        return None, f"{setting}=torch"
     path = make()
     if isinstance(path, str):  # why not: an error where the shim is required, else torch does the work
-        if choice == required:
-            raise UserError(f"{setting}={required}, but {path}")
-        WHY_NOT[setting] = path
-        return None
-    return ctypes.CDLL(str(path))
+        if choice == BACKEND_CHOICES[setting]:
+            raise UserError(f"{setting}={choice}, but {path}")
+        return None, path
+    return ctypes.CDLL(str(path)), None

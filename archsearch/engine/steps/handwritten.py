@@ -122,17 +122,11 @@ class FusedStep:
         least this many bytes of weights are streamed in blocks of ``block_bytes`` (None: none is); ``xsmm``, the
         linear layers of at least XSMM_MIN_WEIGHTS weights multiply through libxsmm (``xsmm_all``: every layer);
         ``native``, a ReLU MLP's whole step in C (archsearch.engine.steps.cstep), its runs split into ``groups``
-        groups, one per thread."""
-        from archsearch.models import LAYERS
-
-        if model.spec.normed or any("python" not in LAYERS[kind].accelerated for kind in model.spec.kinds):
-            raise ValueError(f"the hand-written step takes chains of Linear, conv and pooling layers, not {model.spec}")
+        groups, one per thread. Which models and recipes it can take is decided there alone."""
         self.model, self.loss = model, loss
         self.act_backward = ACTIVATION_BACKWARD[model.spec.activation]
         self.opt = AdamW(list(model.parameters()), lr=lr, weight_decay=weight_decay)
         cpu = model.fc_weights[0].device.type == "cpu"
-        if native and not self._native_fits(cpu):
-            raise ValueError("the C step takes a ReLU MLP in float32 on a CPU with libxsmm and fused AdamW")
         if self.opt.fallback is not None or not cpu:
             stream_bytes = None
         self.xsmm = xsmm
@@ -161,18 +155,6 @@ class FusedStep:
         self.opt.lr = value
         if self.native is not None:
             self.native.lr = value
-
-    def _native_fits(self, cpu: bool) -> bool:
-        """Whether the C step can run this model: a ReLU MLP in float32 on a CPU, libxsmm there, fused AdamW."""
-        model = self.model
-        return (
-            not model.is_cnn
-            and model.spec.activation == "relu"
-            and cpu
-            and model.fc_weights[0].dtype == torch.float32
-            and self.opt.fallback is None
-            and gemm.library() is not None
-        )
 
     def _native_step(self, groups: int) -> cstep.MLPStep:
         """The C step over this step's buffers, the runs split into one group per thread."""

@@ -33,9 +33,9 @@ from archsearch.engine.steps.calibrate import memory_format
 from archsearch.engine.steps.handwritten import STREAM_BYTES
 from archsearch.models import NUM_CLASSES, Conv, Spec
 
-__all__ = ["CONV_NO_AVX512", "PLAIN_MIN_BATCH", "StepPlan", "applicable_plans", "select_step"]
+__all__ = ["CONV_NO_AVX512", "PLAIN_MIN_BATCH", "Machine", "StepPlan", "applicable_plans", "select_step"]
 
-CONV_NO_AVX512 = "the C conv pays on AVX-512 CPUs only (ARCHSEARCH_CONV=native insists)"
+CONV_NO_AVX512 = "the C conv pays on AVX-512 CPUs only (ARCHSEARCH_CONV_ANY_CPU=1 insists)"
 
 StepKind = Literal["autograd", "python", "c"]
 Layout = Literal["fused", "plain"]
@@ -72,6 +72,20 @@ class StepPlan:
         return "+".join(parts)
 
 
+@dataclass(frozen=True)
+class Machine:
+    """What the choice depends on beyond the spec, the recipe, the device and the threads: the native kernels this
+    machine has. ``Machine.here()`` asks the native backends (building their kernels on first use)."""
+
+    libxsmm: bool = False  # libxsmm's products (and the C step) are available
+    native_conv: bool = False  # the C conv kernels are built and loaded
+    conv_pays: bool = False  # and this CPU runs them faster than torch (AVX-512, or ARCHSEARCH_CONV_ANY_CPU=1)
+
+    @classmethod
+    def here(cls) -> Machine:
+        return cls(gemm.libxsmm_available(), conv.available(), conv.pays_here())
+
+
 def _unsupported(spec: Spec, step: str) -> list[str]:
     from archsearch.models import LAYERS
 
@@ -87,7 +101,7 @@ def _hand_written_recipe(protocol: Protocol) -> str | None:
     return None
 
 
-def _c_step(spec: Spec, protocol: Protocol, cpu: bool) -> str | None:
+def _c_step(spec: Spec, protocol: Protocol, cpu: bool, machine: Machine) -> str | None:
     """Why the C step cannot take this run, or None."""
     if spec.kind != "mlp":
         return "the C step takes MLPs"
@@ -101,12 +115,12 @@ def _c_step(spec: Spec, protocol: Protocol, cpu: bool) -> str | None:
         return "the C step runs on a CPU"
     if (why := _hand_written_recipe(protocol)) is not None:
         return f"the C step does not implement {why}"
-    if not gemm.libxsmm_available():
+    if not machine.libxsmm:
         return "the C step needs libxsmm (Debian: libxsmm-dev) and a C compiler"
     return None
 
 
-def _python_step(spec: Spec, protocol: Protocol, device: torch.device) -> str | None:
+def _python_step(spec: Spec, protocol: Protocol, device: torch.device, machine: Machine) -> str | None:
     if bad := _unsupported(spec, "python"):
         return f"the hand-written step knows conv, pool and fc layers, not {', '.join(bad)}"
     if spec.normed:
@@ -115,14 +129,14 @@ def _python_step(spec: Spec, protocol: Protocol, device: torch.device) -> str | 
         return f"the hand-written step does not implement {why}"
     if device.type not in ("cpu", "cuda") or not hasattr(torch, "_fused_adamw_"):
         return "the hand-written step needs torch's fused AdamW (CPU or CUDA)"
-    if spec.kind == "cnn" and device.type == "cpu" and not conv.pays_here():
+    if spec.kind == "cnn" and device.type == "cpu" and not machine.conv_pays:
         # measured on an AVX2-only AMD EPYC, row 16 on one thread: autograd 359 model-steps/s, the hand-written step
         # 295 with oneDNN's first conv, 138 with the C conv; its CNN path was tuned with the C conv on AVX-512
         return "on a CPU without AVX-512 autograd trains CNNs faster than the hand-written step"
     return None
 
 
-def _native_conv(spec: Spec, shape: Shape, cpu: bool, threads: int) -> str | None:
+def _native_conv(spec: Spec, shape: Shape, cpu: bool, threads: int, machine: Machine) -> str | None:
     first = spec.trunk[0] if spec.trunk else None
     if type(first) is not Conv or first.norm or first.stride != 1 or shape.channels != 1:
         return "the C conv takes a first conv of one input channel, stride 1, no BatchNorm"
@@ -130,9 +144,9 @@ def _native_conv(spec: Spec, shape: Shape, cpu: bool, threads: int) -> str | Non
         return f"the C conv takes kernels up to {conv.MAX_KERNEL}"
     if not cpu or threads != 1:
         return "the C conv runs in single-threaded CPU processes (--workers)"
-    if not conv.available():
+    if not machine.native_conv:
         return "the C conv needs a C compiler"
-    if not conv.pays_here():
+    if not machine.conv_pays:
         return CONV_NO_AVX512
     return None
 
@@ -149,14 +163,17 @@ def applicable_plans(
     recipes_shared: bool = True,
     classes: int = NUM_CLASSES,
     calibrate: bool = True,
+    machine: Machine | None = None,
 ) -> list[StepPlan]:
     """Every plan that computes ``runs`` runs of ``spec`` under ``protocol`` on ``device`` with ``threads`` CPU
     threads, fastest first: the plain layout where it pays, the C step, the Python step (with the C conv where it
     applies, then without), autograd (likewise). The last is always the fused autograd step, which computes
     everything. ``why_not`` of the first says why faster ones do not apply. Runs that do not share one recipe
     (``recipes_shared`` false: fused trials) train as plain models, the one plan then. A plain CNN's memory format
-    is measured on this CPU once and cached (calibrate.py); ``calibrate`` false takes NCHW without measuring."""
+    is measured on this CPU once and cached (calibrate.py); ``calibrate`` false takes NCHW without measuring.
+    ``machine``: the native kernels there are (default: this machine's, :meth:`Machine.here`)."""
     device = torch.device(device)
+    machine = machine if machine is not None else Machine.here()
     cpu, one = device.type == "cpu", threads == 1
     why: list[str] = []
     plans: list[StepPlan] = []
@@ -167,21 +184,21 @@ def applicable_plans(
         graphs = not stochastic and not changing_lr
         if not graphs:
             why.append("CUDA graphs: " + ("dropout or augmentation draws on the host" if stochastic else "lr changes"))
-    if (no_c := _c_step(spec, protocol, cpu)) is None:
+    if (no_c := _c_step(spec, protocol, cpu, machine)) is None:
         # Streaming pays in the C step, whose groups of runs each run on one thread (see handwritten.py).
         plans.append(StepPlan("c", xsmm=True, stream_bytes=STREAM_BYTES, groups=threads))
     else:
         why.append(no_c)
     first_convs: list[Literal["torch", "native"]] = ["torch"]
     if spec.kind == "cnn":
-        if (no_conv := _native_conv(spec, shape, cpu, threads)) is None:
+        if (no_conv := _native_conv(spec, shape, cpu, threads, machine)) is None:
             first_convs.insert(0, "native")
         else:
             why.append(no_conv)
-    if (no_python := _python_step(spec, protocol, device)) is None:
+    if (no_python := _python_step(spec, protocol, device, machine)) is None:
         # libxsmm's kernels are single-threaded, and streaming pays on one thread only: on more, each block's small
         # kernels split badly (row 15: 0.7x at 2 threads), and a GPU would only see more, smaller kernel launches.
-        xsmm = cpu and one and gemm.libxsmm_available()
+        xsmm = cpu and one and machine.libxsmm
         stream = STREAM_BYTES if cpu and one else None
         plans += [StepPlan("python", first, xsmm, stream, graphs=graphs) for first in first_convs]
     else:
@@ -239,10 +256,11 @@ def select_step(
     recipes_shared: bool = True,
     classes: int = NUM_CLASSES,
     calibrate: bool = True,
+    machine: Machine | None = None,
 ) -> StepPlan:
     """The fastest step and layout that compute ``runs`` runs of ``spec`` under ``protocol`` on ``device`` with
     ``threads`` CPU threads (see :func:`applicable_plans`)."""
     return applicable_plans(
         spec, protocol, device=device, threads=threads, shape=shape, cuda_graphs=cuda_graphs, runs=runs,
-        recipes_shared=recipes_shared, classes=classes, calibrate=calibrate,
+        recipes_shared=recipes_shared, classes=classes, calibrate=calibrate, machine=machine,
     )[0]  # fmt: skip
