@@ -8,10 +8,12 @@ is gone is failed and re-queued at once, on every storage.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +79,8 @@ def open_storage(url: str | None) -> BaseStorage:
         if scheme in ("postgresql", "postgresql+psycopg") and importlib.util.find_spec("psycopg") is None:
             raise UserError("PostgreSQL storage needs psycopg: pip install 'archsearch[postgres]'")
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and have been since v2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with warnings.catch_warnings(), _sqlite_init_lock(url if scheme == "sqlite" else None):
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
             storage = RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
@@ -92,6 +94,32 @@ def open_storage(url: str | None) -> BaseStorage:
     except Exception as err:  # SQLAlchemy raises many types: unknown dialect, refused connection, bad credentials
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot open storage {storage_label(url)}: {first}") from None
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(url: str | None) -> Iterator[None]:
+    """Hold an exclusive lock on the SQLite file while Optuna opens it.
+
+    RDBStorage creates its tables when it opens a database (``create_all``, then the schema version's row), in
+    SQLite's autocommit mode and before any of our transaction settings apply: processes that open a new file at the
+    same moment (``--workers``, a coordinator and its workers) each find the tables missing and all but one fail with
+    "table ... already exists" (5 of 6 processes, reproduced). One opener at a time: the others wait, then find the
+    tables there. The lock is ``flock`` on the database file itself, apart from SQLite's own (fcntl) locks.
+    """
+    try:
+        import fcntl  # POSIX; elsewhere Optuna opens the file unguarded, as before
+    except ImportError:
+        fcntl = None  # type: ignore[assignment]
+    if url is None or fcntl is None:
+        yield
+        return
+    path = Path(url.split(":///", 1)[1])
+    with open(path, "ab") as handle:  # an empty file is an empty SQLite database
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _sqlite_transactions_take_the_lock(engine: Any) -> None:

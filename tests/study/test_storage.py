@@ -79,3 +79,33 @@ def test_sqlite_transactions_take_the_write_lock_at_begin(tmp_path: Path) -> Non
             other.execute("BEGIN IMMEDIATE")
     other.execute("BEGIN IMMEDIATE")  # free again once the transaction is over
     other.execute("ROLLBACK")
+
+
+OPEN_AT_ONCE = """
+import sys, time
+import optuna
+from archsearch.study.storage import open_storage
+url, at = sys.argv[1], float(sys.argv[2])
+while time.time() < at:
+    time.sleep(0.001)
+study = optuna.create_study(storage=open_storage(url), study_name="s", direction="maximize", load_if_exists=True)
+study.set_user_attr(sys.argv[3], 1)
+"""
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Optuna creates its tables when it opens a database; without the open lock, 5 of 6 processes opening a new
+    file at the same moment failed with "table ... already exists"."""
+    import subprocess
+    import sys
+    import time
+
+    url, at = f"sqlite:///{tmp_path}/new.db", time.time() + 8  # after every interpreter has imported optuna
+    procs = [
+        subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, url, str(at), f"p{i}"], stderr=subprocess.PIPE, text=True)
+        for i in range(6)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e.strip().splitlines()[-1:] for e in errors]
+    study = optuna.load_study(study_name="s", storage=url)
+    assert set(study.user_attrs) == {f"p{i}" for i in range(6)}
