@@ -150,7 +150,3 @@ def test_bad_native_setting(
     err = captured.err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("archsearch: error: ") and fragment in err
     assert captured.out == "" and snapshot(workdir) == before
-
-
-def test_the_table_is_big_enough() -> None:
-    assert len(CASES) >= 25

@@ -179,9 +179,10 @@ def test_a_worker_failure_is_reported_even_when_every_worker_has_ended() -> None
         p.wait()  # both ended before the first look
     with pytest.raises(UserError, match="a worker exited with code 2; rerun the command to resume"):
         wait_workers(procs, lambda: None, every=0.01)
-    polls: list[int] = []
-    wait_workers([_exiting(0), _exiting(0)], lambda: polls.append(1), every=0.01)
-    assert polls  # the final progress update still happens
+    procs = [_exiting(0), _exiting(0)]
+    seen: list[list[int | None]] = []
+    wait_workers(procs, lambda: seen.append([p.returncode for p in procs]), every=0.01)
+    assert seen and seen[-1] == [0, 0]  # the last progress update comes after every worker has ended
 
 
 def test_default_workers_one_per_core_on_a_cpu_within_trials_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
