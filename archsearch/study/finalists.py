@@ -125,19 +125,13 @@ def run_finalists(
 
 
 def _row(r: TrialRecord) -> dict[str, Any]:
-    val, test = r.split("val"), r.split("test")
     return {
         "trial": r.number,
         "source_trial": r.source_trial,
         "spec": r.spec,
         "params": r.params,
         "screen_val_acc": r.screen_val,
-        "val_acc": val.accuracy if val else None,
-        "val_acc_std": val.accuracy_std if val else None,
-        "test_acc": test.accuracy if test else None,
-        "test_acc_std": test.accuracy_std if test else None,
-        "val_per_seed": val.per_seed.get("accuracy") if val else None,
-        "test_per_seed": test.per_seed.get("accuracy") if test else None,
+        **r.accuracies(),
         "epochs": r.protocol.get("epochs"),
         "seeds": r.seeds,
         "seconds": r.seconds,

@@ -147,6 +147,17 @@ class TrialRecord:
     def split(self, name: str) -> Scores | None:
         return self.scores.get(name)
 
+    def accuracies(self) -> dict[str, Any]:
+        """Validation and test accuracy — mean, std and per seed — under the names the summaries' rows use
+        (``val_acc``, ``val_acc_std``, ``val_per_seed``, ``test_…``), None where the trial has no such split."""
+        out: dict[str, Any] = {}
+        for name in ("val", "test"):
+            s = self.split(name)
+            out[f"{name}_acc"] = s.accuracy if s else None
+            out[f"{name}_acc_std"] = s.accuracy_std if s else None
+            out[f"{name}_per_seed"] = s.per_seed.get("accuracy") if s else None
+        return out
+
 
 def _str(value: Any) -> str | None:
     return None if value is None else str(value)

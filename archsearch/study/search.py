@@ -384,16 +384,13 @@ def run_search(
 
 
 def _trial_row(r: TrialRecord) -> dict[str, Any]:
-    val, test = r.split("val"), r.split("test")
+    accs = r.accuracies()
     return {
         "trial": r.number,
         "spec": r.spec,
         "params": r.params,
-        "val_acc": val.accuracy if val else None,
-        "val_acc_std": val.accuracy_std if val else None,
-        "test_acc": test.accuracy if test else None,
-        "test_acc_std": test.accuracy_std if test else None,
-        "n_runs": (len(test.per_seed.get("accuracy") or []) or None) if test else None,  # the runs the std is over
+        **{k: v for k, v in accs.items() if not k.endswith("per_seed")},
+        "n_runs": len(accs["test_per_seed"] or []) or None,  # how many runs the std is over
         "report_row": r.report_row,
     }
 
