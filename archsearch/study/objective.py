@@ -100,9 +100,9 @@ def epoch_reporter(
     def on_epoch(report: EpochReport) -> None:
         accuracy = report.mean_over(runs)
         curve.append(accuracy)
-        per_run = max(1, report.training)  # seconds per run: the epoch's time shared by the runs that trained
-        cost.append([round(report.train_seconds / per_run, 4), round(report.eval_seconds / per_run, 4)])
-        trial.set_user_attr("epoch_seconds", cost)  # [training, evaluation] per run and epoch: what plans budgets
+        together = max(1, report.training)  # seconds per run: the epoch's time shared by the runs that trained
+        cost.append([round(report.train_seconds / together, 4), round(report.eval_seconds / together, 4), together])
+        trial.set_user_attr("epoch_seconds", cost)  # [training, evaluation] per run, runs together: plans budgets
         if len(objectives) == 1 and not math.isnan(accuracy):
             trial.report(accuracy, report.epoch)
         else:  # Optuna has no intermediate values for multi-objective trials: keep the curve as an attribute

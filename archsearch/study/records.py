@@ -79,7 +79,8 @@ class TrialRecord:
     seconds: float | None = None
     engine_step: str | None = None
     curve: dict[int, float] = field(default_factory=dict)  # epoch -> mean monitored accuracy (intermediate values)
-    epoch_seconds: list[list[float]] = field(default_factory=list)  # per epoch: [training, evaluation] per run
+    epoch_seconds: list[list[float]] = field(default_factory=list)  # per epoch: [training, evaluation] per run, and
+    # how many runs trained together that epoch
     report_row: int | None = None
     source_trial: int | None = None  # finalists: the screen trial retrained
     screen_val: float | None = None  # finalists: that trial's screen validation accuracy

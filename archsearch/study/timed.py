@@ -161,10 +161,13 @@ def _timed_hooks(hooks: Hooks, clock: Clock) -> Hooks:
     return dataclasses.replace(hooks, on_progress=lambda d, t: tick(), on_step=on_step, on_epoch=on_epoch)
 
 
-def run_epoch_cost(trial: FrozenTrial) -> tuple[float, float] | None:
-    """Seconds of training and of evaluation per run and epoch that ``trial`` measured (medians over its epochs;
-    a run trained beside others on the same cores, as the finalists' seeds will be), or None."""
+def run_epoch_cost(trial: FrozenTrial, together: int = FINAL_SEEDS) -> tuple[float, float] | None:
+    """Seconds of training and of evaluation per run and epoch that ``trial`` measured (medians over its epochs), or
+    None. Epochs in which ``together`` runs shared the cores, as the finalists' seeds will, where there are any: a run
+    left alone in its group (its siblings pruned) keeps one thread of two busy, and costs up to twice as much."""
     cost = TrialRecord.from_trial(trial).epoch_seconds
+    alike = [c for c in cost if len(c) > 2 and c[2] == together]
+    cost = alike or cost
     if not cost:
         return None
     return statistics.median(c[0] for c in cost), statistics.median(c[1] for c in cost)
