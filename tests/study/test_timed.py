@@ -181,3 +181,39 @@ def test_a_killed_timed_search_resumes_inside_its_budget(tmp_path: Path) -> None
     config = json.loads((tmp_path / "out" / "best" / "config.json").read_text())
     assert config["protocol"]["tta"] is True and config["protocol"]["ema"] == 0.9
     assert _evaluate(tmp_path, tmp_path / "out" / "best")["matches_recorded"]
+
+
+def test_the_time_budget_results_in_the_docs_and_readme_are_the_committed_summaries() -> None:
+    """Every row of the time-budget results (docs/guides/time-budget.md, and the README's "One hour" rows) is
+    copied from its run's committed summary.json: spec, parameters, seeds, validation and test mean ± std."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+
+    def best(run: str) -> dict:  # type: ignore[type-arg]
+        return json.loads((root / "studies/results" / run / "summary.json").read_text())["best"]  # type: ignore[no-any-return]
+
+    def pm(mean: float, std: float) -> str:
+        return f"{mean:.4f} ± {std:.4f}"
+
+    page = (root / "docs/guides/time-budget.md").read_text().split("## Results", 1)[1]
+    rows = [line for line in page.splitlines() if re.match(r"\| [\d,]+ \| `search --time", line)]
+    assert rows
+    for row in rows:
+        cells = [c.strip(" *") for c in row.strip("|").split("|")]
+        run = re.search(r"studies/results/([\w-]+)/", cells[8]).group(1)  # type: ignore[union-attr]
+        b = best(run)
+        assert (cells[2].strip("`"), int(cells[3].replace(",", ""))) == (b["spec"], b["params"])
+        assert cells[4] == ", ".join(map(str, b["seeds"]))
+        assert (cells[5], cells[6]) == (pm(b["val_acc"], b["val_acc_std"]), pm(b["test_acc"], b["test_acc_std"]))
+    readme = (root / "README.md").read_text()
+    pattern = (
+        r"\| One hour [^|]* \| `([^`]+)`, ([\d,]+) params: val ([\d.]+ ± [\d.]+), "
+        r"test \*\*([\d.]+ ± [\d.]+)\*\*[^|]*\| `studies/results/([\w-]+)/`"
+    )
+    found = re.findall(pattern, readme)
+    assert found and len(found) == len([line for line in readme.splitlines() if line.startswith("| One hour")])
+    for spec, params, val, test, run in found:
+        b = best(run)
+        assert (spec, int(params.replace(",", ""))) == (b["spec"], b["params"])
+        assert (val, test) == (pm(b["val_acc"], b["val_acc_std"]), pm(b["test_acc"], b["test_acc_std"]))
