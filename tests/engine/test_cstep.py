@@ -122,12 +122,23 @@ def test_rerun_is_bit_identical() -> None:
     assert all(torch.equal(p, q) for p, q in zip(results[0][1], results[1][1], strict=True))
 
 
-def test_the_c_step_refuses_what_it_cannot_compute() -> None:
-    for text in ("mlp:16-gelu", "cnn:4c3-fc-relu"):
-        with pytest.raises(ValueError, match="ReLU MLP"):
-            FusedStep(FusedModel(parse_spec(text), 2), lr=1e-3, weight_decay=0.0, native=True)
-    with pytest.raises(ValueError, match="chains of Linear"):  # nor does the Python step around it
-        FusedStep(FusedModel(parse_spec("mlp:16-bn-relu"), 2), lr=1e-3, weight_decay=0.0, native=True)
+def test_the_c_step_is_chosen_only_for_what_it_computes() -> None:
+    """select_step, the one place eligibility is decided: the C step takes ReLU MLPs without BatchNorm, on a CPU
+    whose machine has libxsmm; anything else gets a reason."""
+    from archsearch.core.protocol import Protocol
+    from archsearch.core.shapes import FASHION_MNIST_SHAPE
+    from archsearch.engine.steps.select import Machine, applicable_plans
+
+    def c_plan(text: str, machine: Machine) -> list[str]:
+        plans = applicable_plans(parse_spec(text), Protocol(), device="cpu", threads=1, shape=FASHION_MNIST_SHAPE,
+                                 machine=machine)  # fmt: skip
+        return [p.step for p in plans if p.step == "c"] or list(plans[0].why_not)
+
+    kernels = Machine(libxsmm=True, native_conv=True, conv_pays=True)
+    assert c_plan("mlp:16-relu", kernels) == ["c"]
+    assert any("libxsmm" in why for why in c_plan("mlp:16-relu", Machine()))
+    for text, reason in (("mlp:16-gelu", "relu"), ("cnn:4c3-fc-relu", "MLPs"), ("mlp:16-bn-relu", "BatchNorm")):
+        assert any(reason in why for why in c_plan(text, kernels)), text
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
