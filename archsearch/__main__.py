@@ -14,10 +14,11 @@ def run() -> int:
     with interrupts.handled(exiting=True):
         try:
             from archsearch.cli import main
-        except KeyboardInterrupt:
+
+            return main()
+        except KeyboardInterrupt:  # during the imports, or as typer builds the command (before main's own handling)
             sys.stderr.write(interrupts.stopped_line() + "\n")
             return interrupts.exit_code()
-        return main()
 
 
 if __name__ == "__main__":

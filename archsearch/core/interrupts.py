@@ -9,7 +9,8 @@ action. Python drops an exception raised inside a weakref callback or ``__del__`
 a signal that lands there still stops them.
 
 :func:`deferred` holds a signal off while a few renames put finished files in place, so an output folder is written
-whole or not at all; the signal takes effect when the block ends.
+whole or not at all, and while a storage call runs (a signal inside a database transaction leaves its lock taken, and
+the clean-up that fails the trial then waits on it forever); the signal takes effect when the block ends.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
         os.kill(os.getpid(), signum)
         return
     if _deferring:
+        if _pending is not None:  # a second signal while the first is held: the user insists
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         _pending = signum
         return
     _received = signum
@@ -126,8 +130,13 @@ def exit_code(default: int = 130) -> int:
 
 @contextmanager
 def deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (inside :func:`handled`) until the block ends, then act on them."""
+    """Hold SIGINT and SIGTERM (inside :func:`handled`) until the block ends, then act on them; a second signal
+    while one is held ends the process at once. Signals reach the main thread only: in any other thread (Optuna's
+    heartbeat) the block runs as it is."""
     global _deferring, _pending, _received
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _deferring += 1
     try:
         yield

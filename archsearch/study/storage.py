@@ -9,7 +9,9 @@ is gone is failed and re-queued at once, on every storage.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
+import inspect
 import os
 import socket
 import warnings
@@ -22,6 +24,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from archsearch.core import interrupts
 from archsearch.core.errors import UserError
 from archsearch.study import _optuna
 
@@ -62,7 +65,7 @@ def open_storage(url: str | None) -> BaseStorage:
             raise UserError(f"storage {url!r}: a journal URL needs a file, e.g. journal:///archsearch.log")
         path = Path(url.split(":///", 1)[1])  # like SQLite: journal:///rel.log, journal:////abs/path.log
         _check_parent_writable(path, url)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return _SignalSafeJournalStorage(JournalFileBackend(str(path)))
     if not scheme:
         raise UserError(f"storage {url!r} is not a URL; use e.g. sqlite:///archsearch.db or postgresql://host/db")
     engine_kwargs: dict[str, Any] = {}
@@ -81,7 +84,7 @@ def open_storage(url: str | None) -> BaseStorage:
     try:
         with warnings.catch_warnings(), _sqlite_init_lock(url if scheme == "sqlite" else None):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
-            storage = RDBStorage(
+            storage = _SignalSafeRDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_S,
@@ -94,6 +97,31 @@ def open_storage(url: str | None) -> BaseStorage:
     except Exception as err:  # SQLAlchemy raises many types: unknown dialect, refused connection, bad credentials
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot open storage {storage_label(url)}: {first}") from None
+
+
+def _signal_safe(cls: type[Any]) -> type[Any]:
+    """``cls`` whose every storage call runs whole: a SIGINT or SIGTERM that lands inside one is raised when it
+    returns (:func:`interrupts.deferred`). An interrupt inside a database transaction leaves the transaction's lock
+    (SQLite: the write lock; a journal: its lock file) held by a connection nobody will use again, and the clean-up
+    that fails the interrupted trial then waits on it until the grace period ends the process (reproduced: 2 of 15
+    interrupts that came as an epoch's results were written)."""
+
+    def wrap(method: Any) -> Any:
+        @functools.wraps(method)
+        def whole(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with interrupts.deferred():
+                return method(self, *args, **kwargs)
+
+        return whole
+
+    # every method, the private ones too (Optuna's cache reads trials through ``_get_trials``); not static methods
+    names = [n for n in dir(cls) if not n.startswith("__") and inspect.isfunction(inspect.getattr_static(cls, n))]
+    methods = {n: wrap(getattr(cls, n)) for n in names}
+    return type(f"SignalSafe{cls.__name__}", (cls,), {"__module__": __name__, **methods})
+
+
+_SignalSafeRDBStorage = _signal_safe(RDBStorage)
+_SignalSafeJournalStorage = _signal_safe(JournalStorage)
 
 
 @contextlib.contextmanager

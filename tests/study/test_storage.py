@@ -93,6 +93,7 @@ study.set_user_attr(sys.argv[3], 1)
 """
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
     """Optuna creates its tables when it opens a database; without the open lock, 5 of 6 processes opening a new
     file at the same moment failed with "table ... already exists"."""
@@ -109,3 +110,42 @@ def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path)
     assert all(p.returncode == 0 for p in procs), [e.strip().splitlines()[-1:] for e in errors]
     study = optuna.load_study(study_name="s", storage=url)
     assert set(study.user_attrs) == {f"p{i}" for i in range(6)}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_signal_inside_a_storage_call_is_raised_after_it(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C as a trial's attribute is written: the write finishes, the interrupt comes as it returns, and the
+    clean-up's own writes (failing the trial) find no lock left taken by the interrupted one."""
+    import signal
+    import time
+
+    from archsearch.core import interrupts
+
+    url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal:///{tmp_path}/s.log"
+    storage = open_storage(url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    sent: list[bool] = []
+
+    def hit(*_args: object) -> None:
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    if kind == "sqlite":  # the signal arrives as SQLite begins the write's transaction ...
+        from sqlalchemy import event
+
+        event.listen(storage.engine, "before_cursor_execute", hit)
+    else:  # ... or just after the journal's lock is taken
+        lock = storage._backend._lock
+        acquire = lock.acquire
+        monkeypatch.setattr(lock, "acquire", lambda: (acquire(), hit())[0])
+    with interrupts.handled(), pytest.raises(interrupts.Interrupted):
+        trial.set_user_attr("epoch_seconds", [[1.0, 0.1, 1]])
+    started = time.monotonic()
+    study.tell(trial, state=TrialState.FAIL)  # the clean-up, on the same storage
+    assert time.monotonic() - started < 5
+    again = optuna.load_study(study_name="s", storage=open_storage(url))
+    assert again.trials[0].user_attrs == {"epoch_seconds": [[1.0, 0.1, 1]]} and again.trials[0].state == TrialState.FAIL
