@@ -96,6 +96,8 @@ def handled(*, exiting: bool = False) -> Iterator[None]:
         sys.unraisablehook = hook
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_IGN if exiting else handler)
+        if not exiting:  # a caller in Python goes on: a later check() must not raise this block's signal
+            _received = _pending = None
 
 
 def _unraisable(unraisable: Any) -> None:
