@@ -40,6 +40,15 @@ CASES += [
 ]
 
 
+# The heaviest cases (a few seconds to twenty each on a 2-core CPU) run in CI and with `-m slow`, not in the fast loop.
+HEAVY = {"cnn:6c5-p2-12c3-fc32-tanh", "cnn:8ds3p1-bn-r8-bn-r16s2-gap-fc-d0.3", "cnn:6c5-d0.1-p2-fc32-bn-d0.4-elu"}
+HEAVY |= {"cnn:6c5-p2-16c5-p2-fc128,64-relu"}  # the report's CNN
+
+
+def _cases() -> list[object]:
+    return [pytest.param(text, p, id=text, marks=[pytest.mark.slow] if text in HEAVY else []) for text, p in CASES]
+
+
 def test_the_cases_use_every_layer_kind() -> None:
     """Registry-driven: a kind added to the registry without a case here fails this test."""
     used = set().union(*(parse_spec(text).kinds for text, _ in CASES))
@@ -74,7 +83,7 @@ def _losses(text: str, seeds: list[int], protocol: Protocol, data: Dataset, plan
     return torch.tensor([run.step_losses for run in result.runs])
 
 
-@pytest.mark.parametrize(("text", "protocol"), CASES, ids=[text for text, _ in CASES])
+@pytest.mark.parametrize(("text", "protocol"), _cases())
 def test_every_path_trains_what_autograd_trains(text: str, protocol: Protocol, small_real: Dataset) -> None:
     plans = _plans(text, protocol)
     assert plans[-1] == StepPlan("autograd")
@@ -84,7 +93,7 @@ def test_every_path_trains_what_autograd_trains(text: str, protocol: Protocol, s
         assert_same_training(_losses(text, [7, 8], protocol, small_real, plan), reference, rtol=2e-4)
 
 
-@pytest.mark.parametrize(("text", "protocol"), CASES, ids=[text for text, _ in CASES])
+@pytest.mark.parametrize(("text", "protocol"), _cases())
 def test_a_seed_fused_equals_the_seed_alone_on_every_path(text: str, protocol: Protocol, small_real: Dataset) -> None:
     for plan in _plans(text, protocol, plain=False):  # the plain layouts: bit for bit, test below
         fused = _losses(text, [7, 8], protocol, small_real, plan)[1:]
@@ -92,7 +101,13 @@ def test_a_seed_fused_equals_the_seed_alone_on_every_path(text: str, protocol: P
         assert_same_training(fused, alone, rtol=1e-5)
 
 
-@pytest.mark.parametrize("plan", PLAIN_LAYOUTS, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "plan",
+    [
+        pytest.param(p, id=p.name, marks=[pytest.mark.slow] if p.groups > 1 or p.channels_last else [])
+        for p in PLAIN_LAYOUTS
+    ],
+)
 def test_a_plain_run_is_bit_identical_to_the_run_alone(plan: StepPlan, small_real: Dataset) -> None:
     """In the plain layout runs share nothing, not even a kernel call: with others, spread over threads or not, a
     seed trains exactly as alone (one torch thread each)."""

@@ -60,6 +60,7 @@ def make_study(url: str) -> int:
     return study._study_id
 
 
+@pytest.mark.slow
 def test_dashboard_shows_the_study_in_a_browser(tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/setup does) to run browser tests")

@@ -72,6 +72,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory, data: Dataset) -> tuple[st
     return url, search, final
 
 
+@pytest.mark.slow
 def test_finalists_are_the_best_overall_and_per_budget(studies: tuple[str, optuna.Study, optuna.Study]) -> None:
     _, search, final = studies
     complete = [t for t in search.trials if t.state == TrialState.COMPLETE]
@@ -91,6 +92,7 @@ def test_finalists_are_the_best_overall_and_per_budget(studies: tuple[str, optun
     assert budget is None if not small else budget["params"] <= 3000
 
 
+@pytest.mark.slow
 def test_finalists_resume_without_retraining(studies: tuple[str, optuna.Study, optuna.Study], data: Dataset) -> None:
     url, search, final = studies
     before = len(final.trials)
@@ -100,6 +102,7 @@ def test_finalists_resume_without_retraining(studies: tuple[str, optuna.Study, o
         run_finalists(search, FinalConfig(1, epochs=3, runs=2, budgets=(3000,)), data, storage=open_storage(url))
 
 
+@pytest.mark.slow
 def test_a_finalist_exports_and_evaluates_to_its_record(
     studies: tuple[str, optuna.Study, optuna.Study], tmp_path: Path
 ) -> None:
