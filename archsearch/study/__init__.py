@@ -7,7 +7,7 @@ from archsearch.study.artifacts import artifact_store, read_trial_weights, save_
 from archsearch.study.dashboard import dashboard_url, serve
 from archsearch.study.export import ParetoChoiceNeeded, export_trial
 from archsearch.study.finalists import FinalConfig, final_summary, run_finalists
-from archsearch.study.kinds import run_worker
+from archsearch.study.kinds import STUDY_KINDS, StudyKind, kind_of, run_worker
 from archsearch.study.objective import Hooks, TrainingDiverged, run_trial
 from archsearch.study.report import ReportRow, parse_indexes, report_rows
 from archsearch.study.reproduce import ReproduceConfig, ReproduceResult, reproduce_study
@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "PRUNERS",
     "SAMPLERS",
+    "STUDY_KINDS",
     "FinalConfig",
     "Hooks",
     "ParetoChoiceNeeded",
@@ -29,6 +30,7 @@ __all__ = [
     "SearchConfig",
     "Space",
     "SpaceError",
+    "StudyKind",
     "TrainingDiverged",
     "analyze",
     "analyze_study",
@@ -36,6 +38,7 @@ __all__ = [
     "dashboard_url",
     "export_trial",
     "final_summary",
+    "kind_of",
     "load_existing_study",
     "load_space",
     "open_storage",

@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from archsearch.core.jsonio import plain
 from archsearch.results.analysis import BAND_FACTOR, METRIC_NAMES, activation_effect, depth_effect, pareto_front
+from archsearch.study.kinds import REPRODUCE, kind_of
 from archsearch.study.records import STUDY_ATTR, TrialRecord
 
 __all__ = ["MIN_IMPORTANCE_TRIALS", "analyze", "analyze_study", "trial_row"]
@@ -154,7 +155,8 @@ def _report_comparison(
 def analyze(study: optuna.Study, band_factor: float = BAND_FACTOR) -> dict[str, Any]:
     """The whole analysis of an open study, as plain JSON-ready data (see the module docstring for the why)."""
     meta = study.user_attrs.get(STUDY_ATTR)
-    kind = str(meta.get("kind")) if isinstance(meta, Mapping) and meta.get("kind") else "other"
+    study_kind = kind_of(study)
+    kind = study_kind.name if study_kind is not None else "other"
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
     rows, skipped = [], []
@@ -171,7 +173,7 @@ def analyze(study: optuna.Study, band_factor: float = BAND_FACTOR) -> dict[str, 
     for r in rows:
         r["pareto"] = r["number"] in on_front
     monitors = Counter(r["monitor"] for r in rows)
-    monitor = monitors.most_common(1)[0][0] if monitors else ("val" if kind == "search" else "test")
+    monitor = monitors.most_common(1)[0][0] if monitors else (study_kind.monitor if study_kind else "test")
     notes = []
     if skipped:
         notes.append(f"complete trials without archsearch's metrics were left out: {skipped}")
@@ -181,7 +183,7 @@ def analyze(study: optuna.Study, band_factor: float = BAND_FACTOR) -> dict[str, 
     importances: dict[str, Any] | None = None
     reason: str | None = "importances are computed for search studies only"
     report: dict[str, Any] | None = None
-    if kind == "reproduce":  # its Optuna parameters (report row, loss) are labels, not hyperparameters
+    if study_kind is REPRODUCE:  # its Optuna parameters (report row, loss) are labels, not hyperparameters
         report, report_note = _report_comparison(study, rows)
         if report_note:
             notes.append(report_note)

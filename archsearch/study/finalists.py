@@ -12,7 +12,7 @@ again, and a finalist already trained is not trained twice.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,6 +44,18 @@ class FinalConfig:
     @property
     def seeds(self) -> list[int]:
         return list(range(self.first_seed, self.first_seed + self.runs))
+
+    def to_attrs(self, source_study: str) -> dict[str, Any]:
+        """What the ``-final`` study records of its settings (its ``STUDY_ATTR`` attribute)."""
+        return {"kind": "final", "source_study": source_study, **asdict(self), "budgets": list(self.budgets)}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> FinalConfig:
+        """The settings a ``-final`` study recorded (:meth:`to_attrs`)."""
+        return cls(
+            finalists=attrs["finalists"], epochs=attrs["epochs"], runs=attrs["runs"],
+            first_seed=attrs.get("first_seed", 42), budgets=tuple(attrs.get("budgets", DEFAULT_BUDGETS)),
+        )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.finalists < 1 or self.epochs < 1 or self.runs < 1:
@@ -91,7 +103,7 @@ def run_finalists(
         storage=storage, study_name=name, direction="maximize", sampler=optuna.samplers.RandomSampler(0),
         pruner=pruner or optuna.pruners.NopPruner(), load_if_exists=True,
     )  # fmt: skip
-    wanted = {"kind": "final", "source_study": search.study_name, **asdict(cfg), "budgets": list(cfg.budgets)}
+    wanted = cfg.to_attrs(search.study_name)
     meta = final.user_attrs.get(FINAL_ATTR)
     if meta is None:
         final.set_user_attr(FINAL_ATTR, wanted)

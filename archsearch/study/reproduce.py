@@ -9,7 +9,7 @@ and only what is missing is trained.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,20 @@ class ReproduceConfig:
             "seeds": self.seeds,
         }
 
+    def to_attrs(self) -> dict[str, Any]:
+        """What the study records of its settings (its ``STUDY_ATTR`` attribute): the kind and the protocol."""
+        return {"kind": "reproduce", "protocol": self.study_protocol()}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> ReproduceConfig:
+        """The settings a study recorded (:meth:`to_attrs`), with every report row and loss: what a worker trains."""
+        p = attrs["protocol"]
+        return cls(
+            indexes=tuple(range(len(report_rows()))), losses=("ce", "kl"), runs=len(p["seeds"]),
+            first_seed=p["seeds"][0], epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
+            weight_decay=p["weight_decay"],
+        )  # fmt: skip
+
     def deviations(self) -> list[str]:
         """Every change from the report's stated protocol, in words."""
         ref = report_protocol()
@@ -123,7 +137,7 @@ def open_reproduce_study(storage: Any, study_name: str, cfg: ReproduceConfig) ->
     """Create or re-open the study, check it holds the same protocol, recover dead trials, queue missing ones."""
     study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True)
     meta = study.user_attrs.get(STUDY_ATTR)
-    wanted = {"kind": "reproduce", "protocol": cfg.study_protocol()}
+    wanted = cfg.to_attrs()
     if meta is None:
         study.set_user_attr(STUDY_ATTR, wanted)
         study.set_user_attr("deviations_from_report", cfg.deviations())
@@ -144,17 +158,7 @@ def load_reproduce_study(storage: Any, study_name: str) -> tuple[optuna.Study, R
     meta = study.user_attrs.get(STUDY_ATTR)
     if not meta or meta.get("kind") != "reproduce":
         raise UserError(f"study {study_name!r} is not an archsearch reproduce study")
-    p = meta["protocol"]
-    cfg = ReproduceConfig(
-        indexes=tuple(range(len(report_rows()))),
-        losses=("ce", "kl"),
-        runs=len(p["seeds"]),
-        first_seed=p["seeds"][0],
-        epochs=p["epochs"],
-        batch_size=p["batch_size"],
-        lr=p["lr"],
-        weight_decay=p["weight_decay"],
-    )
+    cfg = ReproduceConfig.from_attrs(meta)
     requested = {_key(t) for t in study.get_trials(deepcopy=False)}
     dead = fail_dead_trials(study)
     if dead:  # queue again what dead workers left unfinished

@@ -13,7 +13,7 @@ import hashlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ __all__ = [
     "load_search_study",
     "open_search_study",
     "run_search",
+    "search_settings",
     "search_study",
     "search_summary",
 ]
@@ -91,8 +92,9 @@ class SearchConfig:
             device=device,
         )  # fmt: skip
 
-    def study_meta(self, space: Space) -> dict[str, Any]:
-        """What must stay the same across reruns of one study."""
+    def to_attrs(self, space: Space) -> dict[str, Any]:
+        """What the study records of its settings (its ``STUDY_ATTR`` attribute): what must stay the same across
+        reruns of one study. How it runs (trials, sampler, pruner: :meth:`run_attrs`) may change between reruns."""
         return {
             "kind": "search",
             "space": space.name,
@@ -106,6 +108,23 @@ class SearchConfig:
             **({"train_size": self.train_size} if self.train_size is not None else {}),
             "split_seed": self.seed,
         }
+
+    def run_attrs(self) -> dict[str, Any]:
+        """What a worker joining from another machine needs to run the same search (may change between reruns)."""
+        run = {k: getattr(self, k) for k in ("n_trials", "timeout", "sampler", "pruner", "runs", "fuse")}
+        return {**run, "budgets": list(self.budgets)}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any], run: Mapping[str, Any], source: str) -> SearchConfig:
+        """The settings a study recorded (:meth:`to_attrs` and :meth:`run_attrs`; ``source``: where its space came
+        from)."""
+        return cls(
+            space=source, n_trials=run["n_trials"], timeout=run["timeout"], epochs=attrs["epochs"],
+            runs=len(attrs["seeds"]), seed=attrs["split_seed"], sampler=run["sampler"], pruner=run["pruner"],
+            objectives=tuple(attrs["objectives"]), val_size=attrs["val_size"], train_size=attrs.get("train_size"),
+            dataset=attrs.get("dataset", DEFAULT_DATASET), fuse=run.get("fuse", 1),
+            budgets=tuple(run.get("budgets", DEFAULT_BUDGETS)),
+        )  # fmt: skip
 
 
 def _sampler(cfg: SearchConfig, space: Space) -> optuna.samplers.BaseSampler:
@@ -203,7 +222,7 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
         pruner=_pruner(cfg),
         load_if_exists=True,
     )
-    meta, wanted = study.user_attrs.get(STUDY_ATTR), cfg.study_meta(space)
+    meta, wanted = study.user_attrs.get(STUDY_ATTR), cfg.to_attrs(space)
     if meta is None:
         study.set_user_attr(STUDY_ATTR, wanted)  # the space by name and hash; its text where workers read it:
         _optuna.set_study_system_attr(study, SPACE_ATTR, {"text": space.text, "source": space.source})
@@ -214,9 +233,7 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
         )
     elif meta != wanted:
         raise UserError(f"study {study_name!r} was made with other settings ({meta}); choose another --study-name")
-    # What a worker joining from another machine needs to run the same search (may change between reruns).
-    run = {k: getattr(cfg, k) for k in ("n_trials", "timeout", "sampler", "pruner", "runs", "fuse")}
-    study.set_user_attr(RUN_ATTR, {**run, "budgets": list(cfg.budgets)})
+    study.set_user_attr(RUN_ATTR, cfg.run_attrs())
     retry_lost_trials(study)  # an interrupted or dead worker's trial is tried again with the same parameters
     if cfg.include_report:  # those of the report's architectures that fit the space and the dataset's images
         info = dataset_info(cfg.dataset)
@@ -227,20 +244,18 @@ def open_search_study(storage: Any, study_name: str, space: Space, cfg: SearchCo
     return study
 
 
+def search_settings(study: optuna.Study) -> tuple[Space, SearchConfig]:
+    """The space and settings a search study keeps (what :func:`open_search_study` recorded)."""
+    meta, run = study.user_attrs.get(STUDY_ATTR), study.user_attrs.get(RUN_ATTR)
+    kept = _optuna.study_system_attr(study, SPACE_ATTR) or study.user_attrs.get(SPACE_ATTR)  # older: a user attr
+    if not meta or meta.get("kind") != "search" or not run or not kept:
+        raise UserError(f"study {study.study_name!r} is not an archsearch search study")
+    return parse_space(kept["text"], kept["source"], meta["space"]), SearchConfig.from_attrs(meta, run, kept["source"])
+
+
 def load_search_study(storage: Any, study_name: str) -> tuple[optuna.Study, Space, SearchConfig]:
     """Re-open a search study as a worker: the space, sampler and pruner are rebuilt from what the study keeps."""
-    probe = optuna.load_study(study_name=study_name, storage=storage)
-    meta, run = probe.user_attrs.get(STUDY_ATTR), probe.user_attrs.get(RUN_ATTR)
-    kept = _optuna.study_system_attr(probe, SPACE_ATTR) or probe.user_attrs.get(SPACE_ATTR)  # older: a user attr
-    if not meta or meta.get("kind") != "search" or not run or not kept:
-        raise UserError(f"study {study_name!r} is not an archsearch search study")
-    space = parse_space(kept["text"], kept["source"], meta["space"])
-    cfg = SearchConfig(
-        space=kept["source"], n_trials=run["n_trials"], timeout=run["timeout"], epochs=meta["epochs"],
-        runs=len(meta["seeds"]), seed=meta["split_seed"], sampler=run["sampler"], pruner=run["pruner"],
-        objectives=tuple(meta["objectives"]), val_size=meta["val_size"], train_size=meta.get("train_size"),
-        dataset=meta.get("dataset", DEFAULT_DATASET), fuse=run.get("fuse", 1),
-    )  # fmt: skip
+    space, cfg = search_settings(optuna.load_study(study_name=study_name, storage=storage))
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(cfg, space), pruner=_pruner(cfg))
     retry_lost_trials(study)
     return study, space, cfg
