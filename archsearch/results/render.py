@@ -201,102 +201,125 @@ def markdown(result: Mapping[str, Any], images: Sequence[str] = ()) -> str:
 # ------------------------------------------------------------------------------------------------------------ plots
 
 
+def _params_plot(plt: Any, result: Mapping[str, Any], ylabel: str) -> Any:
+    """Accuracy against parameter count, per model kind, with the Pareto front; None without trials."""
+    rows = result["rows"]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for kind in sorted({str(r["kind"]) for r in rows}):
+        group = [r for r in rows if str(r["kind"]) == kind]
+        ax.errorbar(
+            [r["params"] for r in group], [r["acc_mean"] for r in group], yerr=[r["acc_std"] for r in group],
+            fmt={"mlp": "o", "cnn": "s"}.get(kind, "^"), alpha=0.6, capsize=2,
+            label=f"{kind.upper()} trials (± std over seeds)",
+        )  # fmt: skip
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["params"])
+    ax.step(
+        [r["params"] for r in front], [r["acc_mean"] for r in front], where="post", color="tab:red",
+        marker="*", markersize=12, label="Pareto front (accuracy ↑, parameters ↓)",
+    )  # fmt: skip
+    for r in front if len(rows) > 25 else rows:
+        tag = f"row {r['report_row']}" if r.get("report_row") is not None else f"#{r['number']}"
+        ax.annotate(tag, (r["params"], r["acc_mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xscale="log", xlabel="parameters (count, log scale)", ylabel=ylabel)
+    ax.set_title(f"{result['study']}: accuracy against parameter count")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def _depth_plot(plt: Any, result: Mapping[str, Any], ylabel: str) -> Any:
+    """Accuracy against depth within parameter bands; None without bands."""
+    from matplotlib.ticker import MaxNLocator
+
+    bands = result["depth_effect"]
+    if not bands:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for band in bands:
+        ds = band["depths"]
+        ax.errorbar(
+            [d["depth"] for d in ds], [d["mean"] for d in ds], yerr=[d["std"] for d in ds],
+            marker="o", capsize=3, label=band["label"],
+        )  # fmt: skip
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="depth (hidden layers; CNN: conv + hidden fc layers)", ylabel=ylabel)
+    ax.set_title(f"{result['study']}: accuracy against depth at similar parameter count (± std over runs)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="parameter band")
+    return fig
+
+
+def _activation_plot(plt: Any, result: Mapping[str, Any], ylabel: str) -> Any:
+    """Accuracy by activation, per architecture group; None without groups."""
+    act = result["activation_effect"]
+    if not act["groups"]:
+        return None
+    present = {x["activation"] for g in act["groups"] for x in g["activations"]}
+    names = [a for a in ACTIVATION_ORDER if a in present] + sorted(present - set(ACTIVATION_ORDER))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    width = 0.8 / len(act["groups"])
+    lows, highs = [], []
+    for i, g in enumerate(act["groups"]):
+        stats = {a["activation"]: a for a in g["activations"]}
+        xs = [j + (i - (len(act["groups"]) - 1) / 2) * width for j, n in enumerate(names) if n in stats]
+        ys = [stats[n]["mean"] for n in names if n in stats]
+        es = [stats[n]["std"] for n in names if n in stats]
+        lows += [y - e for y, e in zip(ys, es, strict=True)]
+        highs += [y + e for y, e in zip(ys, es, strict=True)]
+        ax.bar(xs, ys, width=width, yerr=es, capsize=4, label=g["label"])
+    ax.set_xticks(range(len(names)), names)
+    # Bars from 0 would hide differences of a few tenths of a percent: zoom on the data (the axis says where).
+    ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(highs) + 0.01))
+    how = "same architecture and protocol" if act["mode"] == "matched" else "all trials pooled"
+    ax.set(xlabel="activation function", ylabel=ylabel)
+    ax.set_title(f"{result['study']}: accuracy by activation ({how}; ± std over runs)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(title="architecture")
+    return fig
+
+
+def _importance_plot(plt: Any, result: Mapping[str, Any], ylabel: str) -> Any:
+    """Hyperparameter importances (PED-ANOVA); None where none were computed."""
+    metric = result["metric"]
+    imp = result.get("importances")
+    if not (imp and imp.get("accuracy")):
+        return None
+    names = list(imp["accuracy"])[::-1]  # most important on top
+    series = [("accuracy", metric)] + ([("pareto", "Pareto front (accuracy, params)")] if "pareto" in imp else [])
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.45 * len(names) + 1.5)))
+    height = 0.8 / len(series)
+    for i, (key, label) in enumerate(series):
+        ys = [j + (i - (len(series) - 1) / 2) * height for j in range(len(names))]
+        ax.barh(ys, [imp[key].get(n, 0.0) for n in names], height=height, label=label)
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="importance (PED-ANOVA, share of the total: sums to 1)", ylabel="hyperparameter")
+    ax.set_title(f"{result['study']}: hyperparameter importance")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(title="target")
+    return fig
+
+
 def _plots(result: Mapping[str, Any], out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed, and no GUI toolkit imported
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     from archsearch.results.files import save_figure
 
-    rows = result["rows"]
-    metric = result["metric"]
-    ylabel = f"{metric} (fraction, mean over seeds)"
+    ylabel = f"{result['metric']} (fraction, mean over seeds)"
     written: list[str] = []
-
-    def save(fig: Any, name: str) -> None:
-        written.append(save_figure(fig, out / name))
-
-    if rows:
-        fig, ax = plt.subplots(figsize=(9, 5.5))
-        for kind in sorted({str(r["kind"]) for r in rows}):
-            group = [r for r in rows if str(r["kind"]) == kind]
-            ax.errorbar(
-                [r["params"] for r in group], [r["acc_mean"] for r in group], yerr=[r["acc_std"] for r in group],
-                fmt={"mlp": "o", "cnn": "s"}.get(kind, "^"), alpha=0.6, capsize=2,
-                label=f"{kind.upper()} trials (± std over seeds)",
-            )  # fmt: skip
-        front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["params"])
-        ax.step(
-            [r["params"] for r in front], [r["acc_mean"] for r in front], where="post", color="tab:red",
-            marker="*", markersize=12, label="Pareto front (accuracy ↑, parameters ↓)",
-        )  # fmt: skip
-        for r in front if len(rows) > 25 else rows:
-            tag = f"row {r['report_row']}" if r.get("report_row") is not None else f"#{r['number']}"
-            ax.annotate(tag, (r["params"], r["acc_mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set(xscale="log", xlabel="parameters (count, log scale)", ylabel=ylabel)
-        ax.set_title(f"{result['study']}: accuracy against parameter count")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right")
-        save(fig, "accuracy_vs_params.png")
-
-    bands = result["depth_effect"]
-    if bands:
-        fig, ax = plt.subplots(figsize=(9, 5.5))
-        for band in bands:
-            ds = band["depths"]
-            ax.errorbar(
-                [d["depth"] for d in ds], [d["mean"] for d in ds], yerr=[d["std"] for d in ds],
-                marker="o", capsize=3, label=band["label"],
-            )  # fmt: skip
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set(xlabel="depth (hidden layers; CNN: conv + hidden fc layers)", ylabel=ylabel)
-        ax.set_title(f"{result['study']}: accuracy against depth at similar parameter count (± std over runs)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(title="parameter band")
-        save(fig, "accuracy_vs_depth.png")
-
-    act = result["activation_effect"]
-    if act["groups"]:
-        present = {x["activation"] for g in act["groups"] for x in g["activations"]}
-        names = [a for a in ACTIVATION_ORDER if a in present] + sorted(present - set(ACTIVATION_ORDER))
-        fig, ax = plt.subplots(figsize=(9, 5.5))
-        width = 0.8 / len(act["groups"])
-        lows, highs = [], []
-        for i, g in enumerate(act["groups"]):
-            stats = {a["activation"]: a for a in g["activations"]}
-            xs = [j + (i - (len(act["groups"]) - 1) / 2) * width for j, n in enumerate(names) if n in stats]
-            ys = [stats[n]["mean"] for n in names if n in stats]
-            es = [stats[n]["std"] for n in names if n in stats]
-            lows += [y - e for y, e in zip(ys, es, strict=True)]
-            highs += [y + e for y, e in zip(ys, es, strict=True)]
-            ax.bar(xs, ys, width=width, yerr=es, capsize=4, label=g["label"])
-        ax.set_xticks(range(len(names)), names)
-        # Bars from 0 would hide differences of a few tenths of a percent: zoom on the data (the axis says where).
-        ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(highs) + 0.01))
-        how = "same architecture and protocol" if act["mode"] == "matched" else "all trials pooled"
-        ax.set(xlabel="activation function", ylabel=ylabel)
-        ax.set_title(f"{result['study']}: accuracy by activation ({how}; ± std over runs)")
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(title="architecture")
-        save(fig, "accuracy_by_activation.png")
-
-    imp = result.get("importances")
-    if imp and imp.get("accuracy"):
-        names = list(imp["accuracy"])[::-1]  # most important on top
-        series = [("accuracy", metric)] + ([("pareto", "Pareto front (accuracy, params)")] if "pareto" in imp else [])
-        fig, ax = plt.subplots(figsize=(9, max(3.0, 0.45 * len(names) + 1.5)))
-        height = 0.8 / len(series)
-        for i, (key, label) in enumerate(series):
-            ys = [j + (i - (len(series) - 1) / 2) * height for j in range(len(names))]
-            ax.barh(ys, [imp[key].get(n, 0.0) for n in names], height=height, label=label)
-        ax.set_yticks(range(len(names)), names)
-        ax.set(xlabel="importance (PED-ANOVA, share of the total: sums to 1)", ylabel="hyperparameter")
-        ax.set_title(f"{result['study']}: hyperparameter importance")
-        ax.grid(True, axis="x", alpha=0.3)
-        ax.legend(title="target")
-        save(fig, "importances.png")
+    for name, draw in (
+        ("accuracy_vs_params.png", _params_plot),
+        ("accuracy_vs_depth.png", _depth_plot),
+        ("accuracy_by_activation.png", _activation_plot),
+        ("importances.png", _importance_plot),
+    ):
+        fig = draw(plt, result, ylabel)
+        if fig is not None:
+            written.append(save_figure(fig, out / name))
     return written
 
 
