@@ -64,6 +64,28 @@ def test_trials_of_dead_local_processes_are_failed(tmp_path: Path, kind: str) ->
     }
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_process_killed_right_after_asking_leaves_a_trial_a_rerun_fails(tmp_path: Path, kind: str) -> None:
+    """The owner is recorded in the storage call that starts the trial, new or queued: a process that dies before
+    its objective runs (SIGKILL between Optuna's ask and the first line of training) is seen as dead by a rerun."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal:///{tmp_path}/s.log"
+    study = optuna.create_study(storage=open_storage(url), study_name="s")
+    study.enqueue_trial({"x": 1.0})
+    ask_and_die = (
+        "import os, optuna\nfrom archsearch.study.storage import open_storage\n"
+        f"study = optuna.load_study(study_name='s', storage=open_storage({url!r}))\n"
+        "study.ask()\nstudy.ask()\nos._exit(0)\n"  # the queued trial, then a new one; killed before training
+    )
+    subprocess.run([sys.executable, "-c", ask_and_die], check=True, timeout=120)
+    trials = optuna.load_study(study_name="s", storage=open_storage(url)).get_trials()
+    assert [t.state for t in trials] == [TrialState.RUNNING] * 2
+    assert all(t.system_attrs[OWNER_ATTR]["host"] == socket.gethostname() for t in trials)
+    assert sorted(fail_dead_trials(study)) == [0, 1]
+
+
 def test_sqlite_transactions_take_the_write_lock_at_begin(tmp_path: Path) -> None:
     """A claim (read WAITING, write RUNNING) must be atomic across processes: the lock is held from BEGIN, so another
     connection cannot start a writing transaction while one that has only *read* is open."""
