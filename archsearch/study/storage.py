@@ -124,12 +124,13 @@ def _signal_safe(cls: type[Any]) -> type[Any]:
 class _ClaimingRDBStorage(RDBStorage):
     """An RDB storage that records the owner (host, PID) of every trial this process starts, in the storage call that
     makes it RUNNING: a process killed between Optuna's ``ask`` and the objective's own claim (sampling, a few storage
-    writes: seen once in 60 kills) left an ownerless RUNNING trial that no rerun could tell from a live one."""
+    writes: seen once in 60 kills) left an ownerless RUNNING trial that no rerun could tell from a live one.
+    ``_create_new_trial`` is Optuna's private hook (its trial cache calls it instead of ``create_new_trial``)."""
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         trial = super()._create_new_trial(study_id, template_trial)
         if trial.state == TrialState.RUNNING:
-            self.set_trial_system_attr(trial._trial_id, OWNER_ATTR, _owner())
+            self.set_trial_system_attr(_optuna.trial_id(trial), OWNER_ATTR, _owner())
             trial.system_attrs[OWNER_ATTR] = _owner()  # the copy Optuna's cache keeps
         return trial
 
