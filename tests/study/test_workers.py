@@ -137,7 +137,8 @@ def test_killed_search_resumes_and_retries_the_interrupted_trial(tmp_path: Path)
         again = retries[dead.number]
         while again in lost:  # the retry was killed in its turn (seen): its own retry goes on
             again = retries[again.number]
-        assert again in finished and again.params == dead.params
+        # the parameters it had sampled, kept (one killed while sampling: the sampler fills in the rest)
+        assert again in finished and again.params.items() >= dead.params.items()
 
 
 def test_worker_can_be_limited_to_some_rows(tmp_path: Path) -> None:
