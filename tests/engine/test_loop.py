@@ -274,6 +274,17 @@ def test_the_layout_follows_the_workload() -> None:
     assert plan(mlp, Protocol(), threads=2, runs=4, device="cuda", recipes_shared=False).name == "plain"
 
 
+def test_channels_last_is_chosen_only_where_it_wins_by_the_margin() -> None:
+    from archsearch.engine.steps.calibrate import MARGIN, choose
+
+    nchw = [0.10, 0.11, 0.10, 0.12]
+    slightly = [t * (1 - MARGIN / 2) for t in nchw]  # faster, but within the margin: noise, NCHW kept
+    clearly = [t * (1 - 2 * MARGIN) for t in nchw]
+    assert choose({"nchw": nchw, "channels_last": slightly}) == "nchw"
+    assert choose({"nchw": nchw, "channels_last": clearly}) == "channels_last"
+    assert choose({"nchw": clearly, "channels_last": nchw}) == "nchw"
+
+
 def test_a_plain_cnns_memory_format_is_measured_once_and_cached(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -281,14 +292,14 @@ def test_a_plain_cnns_memory_format_is_measured_once_and_cached(
 
     monkeypatch.setenv("ARCHSEARCH_CACHE", str(tmp_path))
     measured: list[str] = []
-    real = calibrate._seconds_per_step
+    real = calibrate._Trainer.seconds_per_step
 
-    def timed(*args: Any) -> list[float]:
-        measured.append(args[-1])
-        real(*args)  # the real steps run; the times are made up, so the choice is known
-        return [1.0 if args[-1] == "nchw" else 2.0] * calibrate.STEPS
+    def timed(self: Any, steps: int) -> list[float]:
+        measured.append(self.fmt)
+        real(self, steps)  # the real steps run; the times are made up, so the choice is known
+        return [1.0 if self.fmt == "nchw" else 2.0] * steps
 
-    monkeypatch.setattr(calibrate, "_seconds_per_step", timed)
+    monkeypatch.setattr(calibrate._Trainer, "seconds_per_step", timed)
     cnn, big = parse_spec("cnn:4c3p1-bn-8c3s2p1-bn-gap-fc"), Protocol(batch_size=64)
     plan = select_step(cnn, big, device="cpu", threads=1, shape=FASHION_MNIST_SHAPE, runs=2)
     assert plan.name == "plain" and not plan.channels_last and sorted(set(measured)) == ["channels_last", "nchw"]

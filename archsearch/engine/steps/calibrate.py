@@ -4,10 +4,13 @@ oneDNN's convolutions are faster in channels-last on some CNNs and in NCHW on ot
 as much as on the model (on a Zen 4 with AVX-512: a 77.8k-parameter ResNet 1.4x faster in channels-last, the 68.6k
 budget finalist 1.1x faster in NCHW; on a Zen 2 with AVX2 the finalist ran at 0.88x in channels-last). No rule of
 thumb survives that, so the plain layout measures: a few training steps of a throwaway copy of the model (its own
-seed, random images: the run's own random draws are untouched) in each format, alternately, the faster median
-chosen. The choice is cached per CPU, torch version, spec, image shape, batch size and thread count
-(``<cache>/memory-formats.json``), so a machine decides once, and a rerun on it takes the same path and computes
-the same numbers.
+seed, random images: the run's own random draws are untouched): each format warmed up once, then timed in
+alternating rounds, so that a drift of the machine's speed touches both alike. Channels-last is chosen only where
+its median step is at least ``MARGIN`` faster: NCHW is torch's own format and the one a plain loop uses, and a
+difference smaller than the measurement's noise is no reason to leave it (a 2-round measurement without a margin
+chose channels-last for the 68.6k finalist, which trains 1.1x faster in NCHW on the same CPU). The choice is cached
+per CPU, torch version, spec, image shape, batch size and thread count (``<cache>/memory-formats.json``), so a
+machine decides once, and a rerun on it takes the same path and computes the same numbers.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from archsearch.engine.native.loader import _cpu, cache_dir
 from archsearch.engine.runtime import torch_threads
 from archsearch.models import Spec, build_model, init_model
 
-__all__ = ["MemoryFormat", "memory_format"]
+__all__ = ["MARGIN", "MemoryFormat", "choose", "memory_format"]
 
 MemoryFormat = Literal["nchw", "channels_last"]
 CACHE_FILE = "memory-formats.json"
-WARMUP, STEPS = 2, 3  # per format and round; two rounds, alternating
+WARMUP, STEPS, ROUNDS = 2, 2, 3  # per format: warm-up steps once, then ROUNDS alternating rounds of STEPS
+MARGIN = 0.05  # channels-last must be this much faster (its median step time at most 95% of NCHW's)
+VERSION = 2  # of the measurement; choices measured by another version are measured again
 
 
 def _key(spec: Spec, shape: Shape, classes: int, batch_size: int, threads: int) -> str:
@@ -40,7 +45,7 @@ def _key(spec: Spec, shape: Shape, classes: int, batch_size: int, threads: int) 
 
 def _machine() -> str:
     """This CPU (its model and feature flags, hashed) and torch's version."""
-    return f"cpu {hashlib.sha256(_cpu().encode()).hexdigest()[:16]}, torch {torch.__version__}"
+    return f"cpu {hashlib.sha256(_cpu().encode()).hexdigest()[:16]}, torch {torch.__version__}, v{VERSION}"
 
 
 def _read() -> dict[str, dict[str, str]]:
@@ -66,38 +71,59 @@ def _write(machine: str, key: str, choice: MemoryFormat) -> None:
         pass
 
 
-def _seconds_per_step(spec: Spec, shape: Shape, classes: int, batch_size: int, fmt: MemoryFormat) -> list[float]:
-    gen = torch.Generator().manual_seed(0)
-    model = init_model(build_model(spec, shape, classes), gen)
-    x = torch.rand(batch_size, shape.channels, shape.height, shape.width, generator=gen)
-    y = torch.randint(0, classes, (batch_size,), generator=gen)
-    if fmt == "channels_last":
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    times = []
-    for i in range(WARMUP + STEPS):
-        start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        if i >= WARMUP:
+class _Trainer:
+    """A throwaway copy of the model in one memory format, with its batch of random images and an optimiser."""
+
+    def __init__(self, spec: Spec, shape: Shape, classes: int, batch_size: int, fmt: MemoryFormat) -> None:
+        self.fmt = fmt
+        gen = torch.Generator().manual_seed(0)
+        self.model = init_model(build_model(spec, shape, classes), gen)
+        self.x = torch.rand(batch_size, shape.channels, shape.height, shape.width, generator=gen)
+        self.y = torch.randint(0, classes, (batch_size,), generator=gen)
+        if fmt == "channels_last":
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
+
+    def seconds_per_step(self, steps: int) -> list[float]:
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            self.opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(self.model(self.x), self.y).backward()
+            self.opt.step()
             times.append(time.perf_counter() - start)
-    return times
+        return times
+
+
+def _timings(spec: Spec, shape: Shape, classes: int, batch_size: int) -> dict[MemoryFormat, list[float]]:
+    """Seconds per training step in each format: ``WARMUP`` untimed steps each, then ``ROUNDS`` rounds of
+    ``STEPS`` timed steps, the formats alternating."""
+    formats: tuple[MemoryFormat, ...] = ("nchw", "channels_last")
+    trainers = {fmt: _Trainer(spec, shape, classes, batch_size, fmt) for fmt in formats}
+    for trainer in trainers.values():
+        trainer.seconds_per_step(WARMUP)
+    timings: dict[MemoryFormat, list[float]] = {fmt: [] for fmt in formats}
+    for _ in range(ROUNDS):
+        for fmt in formats:
+            timings[fmt] += trainers[fmt].seconds_per_step(STEPS)
+    return timings
+
+
+def choose(timings: dict[MemoryFormat, list[float]]) -> MemoryFormat:
+    """Channels-last where its median step is at least ``MARGIN`` faster than NCHW's, else NCHW."""
+    nchw, last = (statistics.median(timings[f]) for f in ("nchw", "channels_last"))
+    return "channels_last" if last <= (1 - MARGIN) * nchw else "nchw"
 
 
 def memory_format(spec: Spec, shape: Shape, classes: int, batch_size: int, threads: int) -> MemoryFormat:
     """The faster memory format for training ``spec`` as a plain model on this CPU with ``threads`` torch threads:
-    from the cache, else measured (about 20 steps of the model in all) and cached."""
+    from the cache, else measured (16 steps of the model in all) and cached."""
     machine, key = _machine(), _key(spec, shape, classes, batch_size, threads)
     cached = _read().get(machine, {}).get(key)
     if cached in ("nchw", "channels_last"):
         return cached  # type: ignore[return-value]
-    timings: dict[MemoryFormat, list[float]] = {"nchw": [], "channels_last": []}
     with torch_threads(threads):
-        for _ in range(2):
-            for fmt in timings:
-                timings[fmt] += _seconds_per_step(spec, shape, classes, batch_size, fmt)
-    nchw, last = (statistics.median(timings[f]) for f in ("nchw", "channels_last"))
-    choice: MemoryFormat = "channels_last" if last < nchw else "nchw"
+        choice = choose(_timings(spec, shape, classes, batch_size))
     _write(machine, key, choice)
     return choice
