@@ -8,8 +8,10 @@ The budget is spent in two phases on one clock:
    default). When the screen's time is up, a trial in training stops at its next epoch boundary (pruned, by time);
 2. **the finalists**: the ``FINALISTS`` best screen trials by validation accuracy, each trained again on every
    training image with ``FINAL_SEEDS`` seeds (fused), for as many epochs as the time left affords — the cost of an
-   epoch measured on the screen's own trials. The winner is the finalist with the best **mean** validation accuracy
-   over its seeds; Welch's test says whether the runner-up is distinguishable from it. Test accuracy chooses nothing.
+   epoch measured on the screen's own trials — and at most ``MAX_FINAL_EPOCHS``; time those leave over goes to the
+   next best screen trials (up to ``MAX_FINALISTS`` finalists) at the same length. The winner is the finalist
+   with the best **mean** validation accuracy over its seeds; Welch's test says whether the runner-up is
+   distinguishable from it. Test accuracy chooses nothing.
 
 The clock is kept in the study (``CLOCK_ATTR``): a killed run, rerun, resumes inside the same budget — finished
 trials are kept, the lost ones retried, and the time already spent counts.
@@ -44,6 +46,7 @@ __all__ = [
     "DeadlinePruner",
     "TimedConfig",
     "final_epochs",
+    "plan_finals",
     "run_epoch_cost",
     "timed_search",
     "timed_space",
@@ -54,6 +57,7 @@ SCREEN_SHARE = 0.4  # of the budget; the rest trains the finalists
 SCREEN_EPOCHS = 9  # successive halving's rungs: 1, 3, 9
 SCREEN_IMAGES = 20_000  # training images per screen trial (at most; all where the dataset has fewer)
 FINALISTS, FINAL_SEEDS, MAX_FINAL_EPOCHS = 2, 2, 60
+MAX_FINALISTS = 4  # where FINALISTS reach MAX_FINAL_EPOCHS with time to spare, the next best screen trials join
 RESERVE_S = 0.02  # of the budget, kept for the export and the report
 PLAN_MARGIN = 0.9  # the finalists' epochs are planned for this share of the time left: an epoch on every training
 # image costs up to 10% more per image than on the screen's subset (measured on a 2-core CPU)
@@ -183,6 +187,19 @@ def final_epochs(costs: list[tuple[float, float]], seeds: int, left_s: float, sc
     return max(1, min(MAX_FINAL_EPOCHS, int((left_s - once) / per_epoch))) if per_epoch > 0 else 1
 
 
+def plan_finals(costs: list[tuple[float, float]], seeds: int, left_s: float, scale: float) -> tuple[int, int]:
+    """How many finalists, and how many epochs each: ``costs`` is per candidate, best first (``final_epochs``).
+    ``FINALISTS`` of them for as many epochs as the time affords; where that reaches ``MAX_FINAL_EPOCHS``, the time
+    left over goes to more candidates (up to ``MAX_FINALISTS``) at that length rather than being left unspent."""
+    n = min(FINALISTS, len(costs))
+    epochs = final_epochs(costs[:n], seeds, left_s, scale)
+    while epochs == MAX_FINAL_EPOCHS and n < min(len(costs), MAX_FINALISTS):
+        if final_epochs(costs[: n + 1], seeds, left_s, scale) < MAX_FINAL_EPOCHS:
+            break
+        n += 1
+    return n, epochs
+
+
 def _search_config(cfg: TimedConfig, space: Space, n_images: int) -> SearchConfig:
     val = min(10000, n_images // 6)
     screen = SCREEN_IMAGES if n_images - val > SCREEN_IMAGES else None
@@ -210,22 +227,26 @@ def _screen(
     )  # fmt: skip
 
 
-def _plan_finals(study: optuna.Study, scfg: SearchConfig, clock: Clock, cfg: TimedConfig, n_images: int) -> int:
-    """The finalists' epochs: planned once, when the finals start, and kept in the clock for a rerun."""
+def _plan_finals(
+    study: optuna.Study, scfg: SearchConfig, clock: Clock, cfg: TimedConfig, n_images: int
+) -> tuple[int, int]:
+    """The finalists' number and epochs: planned once, when the finals start, and kept in the clock for a rerun."""
     from archsearch.study.finalists import pick_finalists
 
-    if isinstance(planned := clock.record.get("final_epochs"), int):
-        return planned
-    picked = pick_finalists(study.get_trials(deepcopy=False), FINALISTS, scfg.budgets)
+    planned, finalists = clock.record.get("final_epochs"), clock.record.get("finalists", FINALISTS)
+    if isinstance(planned, int) and isinstance(finalists, int):
+        return finalists, planned
+    picked = pick_finalists(study.get_trials(deepcopy=False), MAX_FINALISTS, scfg.budgets)
     if not picked:
         raise UserError(f"--time {cfg.time_s:g}s trained no screen trial to the end; give the search more time")
     fallback = (cfg.screen_end / SCREEN_EPOCHS, 0.0)  # trials recorded before epoch timings were
     costs = [run_epoch_cost(t) or fallback for t in picked]
     screen_images = scfg.train_size or n_images - (scfg.val_size or 0)
     scale = (n_images - (scfg.val_size or 0)) / screen_images
-    epochs = final_epochs(costs, FINAL_SEEDS, PLAN_MARGIN * (cfg.final_end - clock.elapsed()), scale)
-    clock.save(force=True, final_epochs=epochs)
-    return epochs
+    left = PLAN_MARGIN * (cfg.final_end - clock.elapsed())
+    finalists, epochs = plan_finals(costs, FINAL_SEEDS, left, scale)
+    clock.save(force=True, final_epochs=epochs, finalists=finalists)
+    return finalists, epochs
 
 
 def timed_search(
@@ -272,8 +293,8 @@ def timed_search(
     timed_hooks.on_progress(0, 0)
     _screen(study, space, scfg, clock, cfg, data_dir, device, threads, timed_hooks, storage_url)
     clock.save(force=True)
-    epochs = _plan_finals(study, scfg, clock, cfg, n_images)
-    final_cfg = FinalConfig(FINALISTS, epochs, FINAL_SEEDS, cfg.seed, scfg.budgets)
+    finalists, epochs = _plan_finals(study, scfg, clock, cfg, n_images)
+    final_cfg = FinalConfig(finalists, epochs, FINAL_SEEDS, cfg.seed, scfg.budgets)
     data = dataclasses.replace(scfg, train_size=None).load_data(data_dir, device)
     final = run_finalists(
         study, final_cfg, data, storage=store, device=device, threads=threads, hooks=timed_hooks,

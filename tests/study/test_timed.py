@@ -25,7 +25,7 @@ from archsearch.engine import train
 from archsearch.engine.plain_runs import WeightAverage
 from archsearch.engine.steps import StepPlan, select_step
 from archsearch.models import build_model, init_model, parse_spec
-from archsearch.study.timed import CLOCK_ATTR, Clock, DeadlinePruner, final_epochs
+from archsearch.study.timed import CLOCK_ATTR, MAX_FINALISTS, Clock, DeadlinePruner, final_epochs, plan_finals
 
 CNN = "cnn:6c3p1-bn-12c3s2p1-bn-gap-fc-d0.1-relu"
 RECIPE = Protocol(epochs=2, batch_size=64, optimizer="sgd", schedule="onecycle", lr=0.05, augment=Augment(flip=True))
@@ -118,6 +118,16 @@ def test_finalists_get_the_epochs_the_time_left_affords() -> None:
     assert final_epochs([(2.0, 1.0), (4.0, 1.0)], 2, left_s=351, scale=2.5) == 9
     assert final_epochs([(2.0, 1.0), (4.0, 1.0)], 2, left_s=10, scale=2.5) == 1
     assert final_epochs([(0.001, 0.0)], 2, left_s=600, scale=1.0) == 60  # at most MAX_FINAL_EPOCHS
+
+
+def test_time_left_over_at_the_epoch_cap_goes_to_more_finalists() -> None:
+    cheap = [(0.01, 0.0)] * 5  # 0.02 s a finalist-epoch (2 seeds): 60 epochs of one finalist cost 1.2 s
+    assert plan_finals(cheap, 2, left_s=2.5, scale=1.0) == (2, 60)  # 2.4 s: a third would need 3.6 s
+    assert plan_finals(cheap, 2, left_s=3.7, scale=1.0) == (3, 60)
+    assert plan_finals(cheap, 2, left_s=100, scale=1.0) == (MAX_FINALISTS, 60)  # never more than MAX_FINALISTS
+    assert plan_finals(cheap[:3], 2, left_s=100, scale=1.0) == (3, 60)  # nor more than the screen completed
+    assert plan_finals([(2.0, 1.0), (4.0, 1.0), (1.0, 1.0)], 2, left_s=352, scale=2.5) == (2, 10)  # under the cap
+    assert plan_finals([(2.0, 1.0)], 2, left_s=352, scale=2.5) == (1, 28)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("60m", 3600), ("1.5h", 5400)])
