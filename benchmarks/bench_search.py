@@ -23,6 +23,12 @@ Contenders, every measurement in a process of its own:
 (d) fused (rate only): the same with the K runs forced into one fused model (grouped convolutions, channels-last),
     the layout every run of these models took before the engine chose one.
 
+``--trials``: the K runs are K trials of one architecture, as ``search --fuse K`` trains them: run i has its own
+learning rate (the recipe's times 0.7 + 0.15 i) and label smoothing (0.05 i), the batch size and schedule shared
+((c) and (d) train them fused or in the chosen layout; (a) and (b) one after another). ``--contenders`` measures a
+subset; without the tuned loop, each contender's ratio is to itself at the smallest K ("one trial at a time").
+``--device cuda`` runs (c) and (d) on the GPU (the plain loops are CPU-only: measure them on a CPU).
+
 Rate (always): model-steps/s over ``--steps`` steps, after ``--warmup`` steps per model for (a) and (b); the trainer
 reports only at epoch ends, so (c) trains two epochs of a ``--steps``-batch subset and times the second (the first
 is its warm-up; the end-of-epoch evaluation is on one batch of test images). Whole (``--whole``, slow): wall seconds
@@ -31,7 +37,9 @@ Medians of ``--repeats`` interleaved repeats (the contenders' order rotated per 
 threads; the ratio is to the tuned loop (its rate, or its seconds over the contender's).
 
     python benchmarks/bench_search.py [--models 9.7k,28.7k,68.6k,resnet,report] [--k 1,2,4] [--steps 200]
-                                      [--warmup 20] [--repeats 3] [--whole] [--threads T] [--json]
+                                      [--warmup 20] [--repeats 3] [--whole] [--threads T] [--trials]
+                                      [--contenders textbook,tuned,archsearch,fused] [--device cpu] [--json]
+    python benchmarks/bench_search.py --device cuda --contenders archsearch --models 9.7k,68.6k --k 1,8 --trials
 """
 
 from __future__ import annotations
@@ -101,6 +109,12 @@ def workload(model: str) -> tuple[str, dict[str, Any]]:
     spec = RESNET if model == "resnet" else FINALISTS[model]
     recipe = finalist_recipe(FINALISTS["68.6k"] if model == "resnet" else spec)
     return spec, Protocol.from_dict({**recipe, "epochs": 1}).to_dict()
+
+
+def trial_recipes(p: Protocol, k: int) -> list[Protocol]:
+    """``--trials``: K recipes of one architecture and batch size, run i with the learning rate ``p.lr`` times
+    0.7 + 0.15 i and label smoothing 0.05 i."""
+    return [p.with_(lr=p.lr * (0.7 + 0.15 * i), label_smoothing=0.05 * i) for i in range(k)]
 
 
 # --------------------------------------------------------------------------------- (a) and (b): the probes' plain loops
@@ -214,15 +228,18 @@ def endless(loop: Loop, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, to
         yield from loop.epoch(gen)
 
 
-def plain_probe(mode: str, contender: str, spec: str, p: Protocol, k: int, steps: int, warmup: int) -> dict[str, Any]:
-    """(a) or (b): K models one after another; rate mode -> model-steps/s, whole mode -> their test accuracies."""
+def plain_probe(
+    mode: str, contender: str, spec: str, recipes: list[Protocol], steps: int, warmup: int
+) -> dict[str, Any]:
+    """(a) or (b): K models (one per recipe) one after another; rate mode -> model-steps/s, whole mode -> their test
+    accuracies."""
     import torch
 
     from archsearch.models import build_model, init_model, parse_spec
 
-    loop = (textbook_loop if contender == "textbook" else tuned_loop)(p)
-    seconds, accuracies = 0.0, []
-    for seed in range(FIRST_SEED, FIRST_SEED + k):
+    k, seconds, accuracies = len(recipes), 0.0, []
+    for seed, p in zip(range(FIRST_SEED, FIRST_SEED + k), recipes, strict=True):
+        loop = (textbook_loop if contender == "textbook" else tuned_loop)(p)
         gen = torch.Generator().manual_seed(seed)  # draws the initialisation, then the shuffling and augmentation
         model = init_model(build_model(parse_spec(spec)), gen)
         if mode == "rate":
@@ -233,39 +250,45 @@ def plain_probe(mode: str, contender: str, spec: str, p: Protocol, k: int, steps
     return {"rate": k * steps / seconds} if mode == "rate" else {"accuracy": accuracies}
 
 
-def archsearch_probe(spec: str, p: Protocol, k: int, steps: int, threads: int, fused: bool) -> dict[str, Any]:
-    """(c)'s rate in-process: two epochs of a ``steps``-batch subset, K seeds in the layout the engine chooses (or,
-    ``fused``, as one fused model); the second epoch is timed."""
+def archsearch_probe(
+    spec: str, recipes: list[Protocol], steps: int, threads: int, fused: bool, device: str
+) -> dict[str, Any]:
+    """(c)'s rate in-process: two epochs of a ``steps``-batch subset, K runs (one per recipe) in the layout the engine
+    chooses (or, ``fused``, as one fused model) on ``device``; the second epoch is timed."""
     from archsearch.data import Dataset, load_dataset
     from archsearch.engine import train
     from archsearch.engine.steps import StepPlan
     from archsearch.models import parse_spec
 
-    data = load_dataset()
+    p = recipes[0]
+    data = load_dataset(device=device)
     n, (test_x, test_y) = steps * p.batch_size, data.evals["test"]
     sub = Dataset(data.train_x[:n], data.train_y[:n], {"test": (test_x[: p.batch_size], test_y[: p.batch_size])})
     marks: list[float] = []
-    seeds = list(range(FIRST_SEED, FIRST_SEED + k))
+    seeds = list(range(FIRST_SEED, FIRST_SEED + len(recipes)))
     result = train(
-        parse_spec(spec), seeds, p.with_(epochs=2), sub, threads=threads, plan=StepPlan() if fused else None,
+        parse_spec(spec), seeds, p.with_(epochs=2), sub, device=device, threads=threads,
+        plan=StepPlan() if fused else None, recipes=[r.with_(epochs=2) for r in recipes],
         on_epoch=lambda _: marks.append(time.perf_counter()),
     )  # fmt: skip
-    return {"rate": k * steps / (marks[1] - marks[0]), "engine_step": result.engine_step}
+    return {"rate": len(recipes) * steps / (marks[1] - marks[0]), "engine_step": result.engine_step}
 
 
 def probe(argv: list[str]) -> dict[str, Any]:
-    """``--probe MODE CONTENDER SPEC PROTOCOL_JSON K STEPS WARMUP THREADS``: one measurement, as one JSON line."""
-    mode, contender, spec, protocol, *numbers = argv
-    k, steps, warmup, threads = map(int, numbers)
+    """``--probe MODE CONTENDER SPEC PROTOCOL_JSON K STEPS WARMUP THREADS TRIALS DEVICE``: one measurement, as one
+    JSON line."""
+    mode, contender, spec, protocol, *numbers, device = argv
+    k, steps, warmup, threads, trials = map(int, numbers)
     import torch
 
     from archsearch.core.protocol import Protocol
 
     torch.set_num_threads(threads)
     p = Protocol.from_dict(json.loads(protocol))
+    recipes = trial_recipes(p, k) if trials else [p] * k
     if contender in ("archsearch", "fused"):
-        return archsearch_probe(spec, p, k, steps, threads, fused=contender == "fused")
-    return plain_probe(mode, contender, spec, p, k, steps, warmup)
+        return archsearch_probe(spec, recipes, steps, threads, fused=contender == "fused", device=device)
+    return plain_probe(mode, contender, spec, recipes, steps, warmup)
 
 
 # ------------------------------------------------------------------------------------------ the parent: measure, report
@@ -297,8 +320,9 @@ def measure(
     from benchmarks.bench_engine import _result
 
     if mode == "rate" or contender != "archsearch":
-        numbers = (k, args.steps, args.warmup, args.threads)
+        numbers = (k, args.steps, args.warmup, args.threads, int(args.trials))
         cmd = [sys.executable, __file__, "--probe", mode, contender, spec, json.dumps(p), *map(str, numbers)]
+        cmd.append(args.device)
     else:
         seeds = ",".join(str(FIRST_SEED + i) for i in range(k))
         cmd = [sys.executable, "-m", "archsearch", "train", spec, "--seeds", seeds, "--epochs", "1", "--device", "cpu"]
@@ -327,9 +351,14 @@ def summarise(cells: dict[tuple[str, int, str], list[dict[str, Any]]], key: str)
         row |= {f"{key}_min": min(values), f"{key}_max": max(values), "samples": values}
         row |= {name: samples[-1][name] for name in ("engine_step", "accuracy") if name in samples[-1]}
         rows.append(row)
+    cell = {(r["model"], r["k"], r["contender"]): r[key] for r in rows}
     for row in rows:
-        tuned = next(r[key] for r in rows if (r["model"], r["k"], r["contender"]) == (row["model"], row["k"], "tuned"))
-        row["ratio"] = row[key] / tuned if key == "rate" else tuned / row[key]
+        model, k, contender = row["model"], row["k"], row["contender"]
+        if (model, k, "tuned") in cell:
+            row["baseline"], base = "tuned", cell[(model, k, "tuned")]
+        else:  # no tuned loop measured: the same contender one run at a time
+            row["baseline"], base = "K=1", cell[(model, min(kk for m, kk, c in cell if m == model), contender)]
+        row["ratio"] = row[key] / base if key == "rate" else base / row[key]
     return rows
 
 
@@ -337,7 +366,8 @@ def run_all(mode: str, args: argparse.Namespace, work: dict[str, tuple[str, dict
     """Every (model, K, contender) ``args.repeats`` times, interleaved: each repeat measures every cell once, the
     contenders in an order rotated per repeat, so that a noisy moment or a drifting clock hits them alike."""
     cells: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-    contenders = CONTENDERS if mode == "rate" else CONTENDERS[:3]  # the CLI has no switch for the layout
+    contenders = tuple(args.contenders) if mode == "rate" else tuple(c for c in args.contenders if c != "fused")
+    # (the CLI has no switch for the layout: the whole-process figure has no fused contender)
     for repeat in range(args.repeats):
         turn = repeat % len(contenders)
         order = contenders[turn:] + contenders[:turn]
@@ -361,8 +391,10 @@ def num(value: float) -> str:
 
 def print_tables(report: dict[str, Any]) -> None:
     print(f"{report['threads']} threads, torch {report['torch']}, medians of {report['repeats']} (min-max)")
-    print(f"model-steps/s over {report['steps']} steps after {report['warmup']} warm-up steps per model "
-          f"(archsearch: after a first epoch of {report['steps']} steps); ratio: to the tuned loop")  # fmt: skip
+    runs = "trials (a recipe each)" if report.get("trials") else "seeds"
+    print(f"on {report.get('device', 'cpu')}, K runs are {runs}; model-steps/s over {report['steps']} steps after "
+          f"{report['warmup']} warm-up steps per model (archsearch: after a first epoch of {report['steps']} steps); "
+          "ratio: to the tuned loop, or without it to the contender at the smallest K")  # fmt: skip
     print("| model | K | contender | model-steps/s | ratio |")
     print("|---|---:|---|---:|---:|")
     for r in report["rate"]:
@@ -399,6 +431,13 @@ def models_arg(text: str) -> list[str]:
     return models
 
 
+def contenders_arg(text: str) -> list[str]:
+    chosen = text.split(",")
+    if not chosen or not all(c in CONTENDERS for c in chosen) or len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError(f"contenders are {', '.join(CONTENDERS)}, comma-separated; got {text!r}")
+    return [c for c in CONTENDERS if c in chosen]
+
+
 def ks_arg(text: str) -> list[int]:
     try:
         ks = [int(s) for s in text.split(",")]
@@ -421,8 +460,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=at_least(1), default=3, help="interleaved repeats (medians)")
     parser.add_argument("--whole", action="store_true", help="also the whole-process seconds of one epoch (slow)")
     parser.add_argument("--threads", type=at_least(1), default=usable_cores(), help="threads of every contender")
+    parser.add_argument("--trials", action="store_true", help="K runs are K trials, each its own recipe")
+    parser.add_argument("--contenders", type=contenders_arg, default=",".join(CONTENDERS), help="a subset to measure")
+    parser.add_argument("--device", default="cpu", help="where archsearch's contenders train (cpu, cuda)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.device != "cpu" and set(args.contenders) & {"textbook", "tuned"}:
+        parser.error("argument --device: the plain loops run on the CPU only; add --contenders archsearch,fused")
+    if args.whole and (args.device != "cpu" or args.trials):
+        parser.error("argument --whole: the whole-process figure (archsearch train) is of seeds on the CPU only")
     if args.steps * REPORT_BATCH > TRAIN_SIZE:  # archsearch's rate trains on a subset of that many batches
         parser.error(f"argument --steps: at most {TRAIN_SIZE // REPORT_BATCH} (one epoch at batch 128)")
     return args
@@ -443,6 +489,7 @@ def main() -> int:
     models = {m: {"spec": s, "params": count_params(parse_spec(s)), "recipe": p} for m, (s, p) in work.items()}
     report = {
         "threads": args.threads, "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup,
+        "device": args.device, "trials": args.trials,
         "repeats": args.repeats, "models": models, "rate": run_all("rate", args, work),
         "whole": run_all("whole", args, work) if args.whole else [],
     }  # fmt: skip

@@ -2,8 +2,11 @@
 # The GPU checks in one go, for a machine with CUDA (the figures of docs/benchmarks/gpu.md came from this):
 #   1. the GPU tests (skipped on machines without CUDA),
 #   2. benchmarks/bench_trainer.py on the GPU: plain loop, archsearch with and without CUDA graphs, side by side,
-#   3. the full reproduction (17 rows x 5 runs x 50 epochs), timed.
-# Everything lands in OUT (default runs/gpu-checks): run.log, bench.json, repro.json, the study database, REPORT.md.
+#   3. fused trials: benchmarks/bench_search.py, K = 8 trials of the 9.7k and 68.6k search models (each its own
+#      recipe) trained together against one at a time (the target: at least 5x per model),
+#   4. the full reproduction (17 rows x 5 runs x 50 epochs), timed.
+# Everything lands in OUT (default runs/gpu-checks): run.log, bench.json, search.json, repro.json, the study database,
+# REPORT.md.
 # LIMIT (seconds) stops the reproduction early; it keeps every finished row and resumes when the script is rerun.
 #
 #   benchmarks/gpu_checks.sh                               # with the project's .venv, on CUDA
@@ -43,6 +46,18 @@ for m in r["rows"]:
     print(f"row {m['row']:2d} {m['spec']:34s} plain {m['plain_steps_per_s']:7.0f}  archsearch "
           f"{m['archsearch_steps_per_s']:7.0f}  no graphs {eager or float('nan'):7.0f}  x{m['ratio']:6.1f}  "
           f"{m['peak_pct']:5.2f}% of peak")
+EOF
+
+log "fused trials"
+$PY benchmarks/bench_search.py --device "$DEVICE" --contenders archsearch,fused --trials \
+  --models "${SEARCH_MODELS:-9.7k,68.6k}" --k "${SEARCH_K:-1,8}" --steps "${SEARCH_STEPS:-200}" \
+  --repeats "${REPEATS:-2}" --json > "$OUT/search.json" || exit 1
+$PY - "$OUT/search.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for m in r["rate"]:
+    print(f"{m['model']:6s} K={m['k']} {m['contender']:10s} {m.get('engine_step', ''):16s} "
+          f"{m['rate']:8.1f} model-steps/s  x{m['ratio']:5.2f} of one trial at a time")
 EOF
 
 log reproduce

@@ -84,8 +84,8 @@ def test_workers_estimate_schedules_rows_in_table_order() -> None:
 
 
 @pytest.mark.slow
-def test_gpu_checks_script_runs_its_three_stages(tmp_path: Path) -> None:
-    """The GPU checks' plumbing (tests, benchmark, timed reproduction), on the CPU with tiny settings."""
+def test_gpu_checks_script_runs_its_four_stages(tmp_path: Path) -> None:
+    """The GPU checks' plumbing (tests, benchmark, fused trials, timed reproduction), on the CPU with tiny settings."""
     env = {
         **os.environ,
         "PY": sys.executable,
@@ -98,6 +98,9 @@ def test_gpu_checks_script_runs_its_three_stages(tmp_path: Path) -> None:
         "EST_ROWS": "0",
         "REPEATS": "1",
         "REPRO_ARGS": "--models 0 --runs 1 --epochs 1",
+        "SEARCH_MODELS": "9.7k",
+        "SEARCH_K": "1,2",
+        "SEARCH_STEPS": "3",
     }
     proc = subprocess.run(["bash", str(GPU_CHECKS)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -108,6 +111,11 @@ def test_gpu_checks_script_runs_its_three_stages(tmp_path: Path) -> None:
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert bench["device"] == "cpu" and bench["rows"][0]["archsearch_steps_per_s"] > 0
     assert bench["estimate_rows"] == [0]
+    search = json.loads((tmp_path / "search.json").read_text())
+    assert search["trials"] and {(r["contender"], r["k"]) for r in search["rate"]} == {
+        (c, k) for c in ("archsearch", "fused") for k in (1, 2)
+    }
+    assert re.search(r"^9\.7k\s+K=2 fused .* of one trial at a time$", log, re.M)
     repro = json.loads((tmp_path / "repro.json").read_text())
     assert [r["index"] for r in repro["rows"]] == [0] and repro["rows"][0]["n_runs"] == 1
     assert (tmp_path / "repro.db").is_file() and (tmp_path / "report" / "REPORT.md").is_file()
@@ -170,3 +178,26 @@ def test_search_benchmark_measures_every_contender_and_k() -> None:
     assert report["whole"] == []
     bad = subprocess.run([sys.executable, str(script), "--models", "9.7k,99k"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("bench_search.py: error: argument --models: models are ")
+
+
+@pytest.mark.slow
+def test_search_benchmark_measures_fused_trials_against_one_at_a_time() -> None:
+    """``--trials`` without the plain loops (the GPU check's form, here on the CPU): each K against K = 1."""
+    script = SCRIPT.with_name("bench_search.py")
+    cmd = [sys.executable, str(script), "--models", "9.7k", "--k", "1,2", "--steps", "4", "--repeats", "1",
+           "--threads", "1", "--trials", "--contenders", "archsearch", "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["trials"] is True and report["device"] == "cpu"
+    one, two = sorted(report["rate"], key=lambda r: r["k"])
+    assert (one["k"], two["k"]) == (1, 2) and {one["contender"], two["contender"]} == {"archsearch"}
+    assert one["baseline"] == two["baseline"] == "K=1" and one["ratio"] == 1.0
+    assert two["ratio"] == pytest.approx(two["rate"] / one["rate"])
+    for args, message in [
+        (["--device", "cuda"], "argument --device: the plain loops run on the CPU only"),
+        (["--whole", "--trials"], "argument --whole: the whole-process figure"),
+        (["--contenders", "tuned,best"], "argument --contenders: contenders are "),
+    ]:
+        bad = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"bench_search.py: error: {message}"), bad.stderr
