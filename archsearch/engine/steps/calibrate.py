@@ -1,16 +1,17 @@
 """Which memory format a CPU trains a plain CNN faster in, measured once per machine and model, and cached.
 
 oneDNN's convolutions are faster in channels-last on some CNNs and in NCHW on others, and which depends on the CPU
-as much as on the model (on a Zen 4 with AVX-512: a 77.8k-parameter ResNet 1.4x faster in channels-last, the 68.6k
-budget finalist 1.1x faster in NCHW; on a Zen 2 with AVX2 the finalist ran at 0.88x in channels-last). No rule of
-thumb survives that, so the plain layout measures: a few training steps of a throwaway copy of the model (its own
-seed, random images: the run's own random draws are untouched): each format warmed up once, then timed in
-alternating rounds, so that a drift of the machine's speed touches both alike. Channels-last is chosen only where
-its median step is at least ``MARGIN`` faster: NCHW is torch's own format and the one a plain loop uses, and a
-difference smaller than the measurement's noise is no reason to leave it (a 2-round measurement without a margin
-chose channels-last for the 68.6k finalist, which trains 1.1x faster in NCHW on the same CPU). The choice is cached
-per CPU, torch version, spec, image shape, batch size and thread count (``<cache>/memory-formats.json``), so a
-machine decides once, and a rerun on it takes the same path and computes the same numbers.
+as much as on the model (on a Zen 4 with AVX-512 a 77.8k-parameter ResNet trains 1.4x faster in channels-last, while
+the 68.6k budget finalist measured 0.77x to 1.1x of NCHW's step time from one run to the next; on a Zen 2 with AVX2
+the finalist ran at 0.88x of NCHW's speed in channels-last). No rule of thumb survives that, so the plain layout
+measures: a few training steps of a throwaway copy of the model (its own seed, random images: the run's own random
+draws are untouched), each format warmed up once, then timed in alternating rounds, so that a drift of the
+machine's speed touches both alike. Channels-last is chosen only where its median step is at least ``MARGIN``
+faster: NCHW is torch's own format and the one a plain loop uses, and on a shared 2-core machine one model's step
+time varies by 10-15% from one measurement to the next, so that a smaller difference is no reason to leave it. The
+choice is cached per CPU, torch version, spec, image shape, batch size and thread count
+(``<cache>/memory-formats.json``), so a machine decides once, and a rerun on it takes the same path and computes
+the same numbers.
 """
 
 from __future__ import annotations
