@@ -251,11 +251,14 @@ def train(
     recipes = list(recipes) if recipes is not None else [protocol] * len(seeds)
     _check_recipes(protocol, recipes, len(seeds))
     spec.check(data.info.shape)
+    shared = all(r == protocol for r in recipes)
     if plan is None:
         plan = select_step(
             spec, protocol, device=device, threads=threads, shape=data.info.shape, cuda_graphs=cuda_graphs,
-            runs=len(seeds), recipes_shared=all(r == protocol for r in recipes), classes=data.info.num_classes,
+            runs=len(seeds), recipes_shared=shared, classes=data.info.num_classes,
         )  # fmt: skip
+    elif plan.layout != "plain" and not shared:
+        raise ValueError("a fused model trains one recipe; runs with recipes of their own need the plain layout")
     with on_device(device), torch_threads(threads):
         data = data.to(device)
         runs, gens = _make_runs(spec, seeds, protocol, recipes, data, plan, record_steps)

@@ -74,6 +74,9 @@ def test_runs_with_recipes_of_their_own_take_the_plain_layout(small_real: Datase
     with pytest.raises(ValueError, match="share their batch size"):
         train(parse_spec("mlp:16-relu"), [1, 2], Protocol(epochs=1), small_real,
               recipes=[Protocol(epochs=1), Protocol(epochs=1, batch_size=64)])  # fmt: skip
+    with pytest.raises(ValueError, match="a fused model trains one recipe"):  # a fused plan would ignore them
+        train(parse_spec("mlp:16-relu"), [1, 2], Protocol(epochs=1), small_real, plan=StepPlan(),
+              recipes=[Protocol(epochs=1), Protocol(epochs=1, lr=1e-3)])  # fmt: skip
 
 
 def _groups(db: str, name: str) -> dict[int, list[optuna.trial.FrozenTrial]]:
