@@ -25,8 +25,8 @@ Contenders, every measurement in a process of its own:
 
 ``--trials``: the K runs are K trials of one architecture, as ``search --fuse K`` trains them: run i has its own
 learning rate (the recipe's times 0.7 + 0.15 i) and label smoothing (0.05 i), the batch size and schedule shared
-((c) trains them in the layout the engine chooses, which is the plain one, as a fused model has one recipe; (d)
-fuses K runs of the first recipe: what fusing K trials would cost; (a) and (b) train them one after another).
+((c) trains them in the layout the engine chooses: plain models on a CPU, one fused model on a GPU; (d) as one fused
+model on any device; (a) and (b) one after another).
 ``--contenders`` measures a subset; without the tuned loop, each contender's ratio is to itself at the smallest K
 ("one trial at a time").
 ``--device cuda`` runs (c) and (d) on the GPU (the plain loops are CPU-only: measure them on a CPU).
@@ -268,10 +268,9 @@ def archsearch_probe(
     sub = Dataset(data.train_x[:n], data.train_y[:n], {"test": (test_x[: p.batch_size], test_y[: p.batch_size])})
     marks: list[float] = []
     seeds = list(range(FIRST_SEED, FIRST_SEED + len(recipes)))
-    runs = [p] * len(recipes) if fused else recipes  # a fused model trains one recipe
     result = train(
         parse_spec(spec), seeds, p.with_(epochs=2), sub, device=device, threads=threads,
-        plan=StepPlan() if fused else None, recipes=[r.with_(epochs=2) for r in runs],
+        plan=StepPlan() if fused else None, recipes=[r.with_(epochs=2) for r in recipes],
         on_epoch=lambda _: marks.append(time.perf_counter()),
     )  # fmt: skip
     return {"rate": len(recipes) * steps / (marks[1] - marks[0]), "engine_step": result.engine_step}

@@ -3,7 +3,7 @@
 #   1. the GPU tests (skipped on machines without CUDA),
 #   2. benchmarks/bench_trainer.py on the GPU: plain loop, archsearch with and without CUDA graphs, side by side,
 #   3. fused trials: benchmarks/bench_search.py, K = 8 trials of the 9.7k and 68.6k search models (each its own
-#      recipe) in the engine's layout, and 8 runs as one fused model, each against one at a time (target: 5x),
+#      recipe) as one fused model, against one trial at a time (the target: at least 5x per model),
 #   4. the full reproduction (17 rows x 5 runs x 50 epochs), timed.
 # Everything lands in OUT (default runs/gpu-checks): run.log, bench.json, search.json, repro.json, the study database,
 # REPORT.md.

@@ -23,9 +23,11 @@ __all__ = ["augment_run", "augment_runs"]
 ERASE_SCALE, ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
 
 
-def augment_runs(x: Tensor, augment: Augment, generators: Sequence[torch.Generator]) -> Tensor:
-    """Run-major images (K, B, C, H, W), run k augmented with ``generators[k]``."""
-    return torch.stack([augment_run(x[k], augment, g) for k, g in enumerate(generators)])
+def augment_runs(x: Tensor, augment: Augment | Sequence[Augment], generators: Sequence[torch.Generator]) -> Tensor:
+    """Run-major images (K, B, C, H, W), run k augmented with ``generators[k]`` as ``augment`` says (or, a sequence,
+    as its k-th says: fused trials)."""
+    augments = [augment] * len(generators) if isinstance(augment, Augment) else list(augment)
+    return torch.stack([augment_run(x[k], a, g) for k, (a, g) in enumerate(zip(augments, generators, strict=True))])
 
 
 def augment_run(x: Tensor, augment: Augment, g: torch.Generator) -> Tensor:

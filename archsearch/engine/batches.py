@@ -56,12 +56,13 @@ def gather_augmented(
     labels: Tensor,
     rows: Tensor,
     layout: Layout,
-    augment: Augment,
+    augment: Augment | Sequence[Augment],
     generators: Sequence[torch.Generator],
     normalize: Prep | None = None,
 ) -> tuple[Tensor, Tensor]:
     """As ``gather_batch``, with run k's images augmented from ``generators[k]`` (before normalisation, so padding
-    and erasing are black, as torchvision's transforms on the images would make them)."""
+    and erasing are black, as torchvision's transforms on the images would make them); ``augment``: every run's, or
+    one per run."""
     flat = rows.reshape(-1)
     x = _as_float(images.index_select(0, flat)).view(*rows.shape, *images.shape[1:])
     x = augment_runs(x, augment, generators)

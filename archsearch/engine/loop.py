@@ -30,7 +30,7 @@ from archsearch.engine.batches import Layout, gather_augmented, gather_batch
 from archsearch.engine.optim import lr_at
 from archsearch.engine.plain_runs import PlainRuns
 from archsearch.engine.runtime import on_device, torch_threads, usable_cores
-from archsearch.engine.steps import DeviceBatches, GraphedStep, StepPlan, build_step, select_step
+from archsearch.engine.steps import AutogradStep, DeviceBatches, GraphedStep, StepPlan, build_step, select_step
 from archsearch.models import FusedModel, Spec, build_model, init_model
 
 __all__ = ["EpochReport", "FusedRuns", "RunResult", "TrainResult", "noise_generator", "train"]
@@ -133,18 +133,21 @@ def _predict(model: FusedModel, x: torch.Tensor, prep: Callable[[torch.Tensor], 
 class FusedRuns:
     """K runs as one :class:`FusedModel` (stacked weights: grouped convolutions, batched products), stepped by the
     step ``plan`` names, with CUDA-graph replay where planned. Run r's batches are gathered in its order, augmented
-    from its own generator."""
+    from its own generator. ``recipes`` (fused trials): run r's own, where they differ — its optimiser, learning rate
+    and schedule, weight decay, momentum, loss, label smoothing and augmentation (the autograd step)."""
 
     def __init__(
         self, spec: Spec, protocol: Protocol, data: Dataset, plain: list[nn.Module], plan: StepPlan,
         aug_gens: list[torch.Generator] | None, drop_gens: list[torch.Generator], record_steps: bool,
+        recipes: Sequence[Protocol] | None = None,
     ) -> None:  # fmt: skip
         info = data.info
         self.spec, self.protocol, self.data, self.plan, self.aug_gens = spec, protocol, data, plan, aug_gens
+        self.recipes = list(recipes) if recipes is not None and any(r != protocol for r in recipes) else None
         self.model = FusedModel.from_models(spec, plain, info.shape, info.num_classes).to(data.train_x.device)
         if "dropout" in spec.kinds:
             self.model.set_noise(drop_gens)
-        self.step_fn = build_step(plan, self.model, protocol)
+        self.step_fn = build_step(plan, self.model, protocol, self.recipes)
         self.layout: Layout = "image" if spec.kind == "cnn" else "features"
         self.normalize = info.normalizer(data.train_x.device)
         self.graphed = None
@@ -160,8 +163,9 @@ class FusedRuns:
         for at in range(first, n, bs):
             rows = perms[:, at : at + bs]
             if self.aug_gens is not None:
+                augment = [r.augment for r in self.recipes] if self.recipes is not None else self.protocol.augment
                 yield gather_augmented(
-                    data.train_x, data.train_y, rows, self.layout, self.protocol.augment, self.aug_gens, self.normalize
+                    data.train_x, data.train_y, rows, self.layout, augment, self.aug_gens, self.normalize
                 )
             else:
                 yield gather_batch(data.train_x, data.train_y, rows, self.layout, self.normalize)
@@ -170,7 +174,8 @@ class FusedRuns:
         """One epoch of every run; returns each run's summed loss (K,), float64 on the CPU."""
         protocol, bs, n = self.protocol, self.protocol.batch_size, perms.shape[1]
         steps = math.ceil(n / bs)
-        scheduled = protocol.schedule != "constant" or protocol.warmup_epochs > 0
+        recipes = self.recipes or [protocol]
+        scheduled = any(r.schedule != "constant" or r.warmup_epochs > 0 for r in recipes)
         loss_sum = torch.zeros(perms.shape[0], device=perms.device, dtype=torch.float64)
         self.model.train()
         replayed = 0
@@ -184,8 +189,11 @@ class FusedRuns:
         # need (one process on 2 cores: row 10 0.9k -> 1.4k model-steps/s, row 15 0.7k -> 1.1-1.3k without that).
         with torch_threads(1 if self.plan.step == "c" and self.plan.groups > 1 else None):
             for i in range(steps):
-                if scheduled:
+                if scheduled and self.recipes is None:
                     self.step_fn.lr = lr_at(protocol, first_step + i, steps)
+                elif scheduled:
+                    assert isinstance(self.step_fn, AutogradStep)  # the one step that trains runs of many recipes
+                    self.step_fn.lrs = [lr_at(r, first_step + i, steps) for r in recipes]
                 if i < replayed:
                     assert self.graphed is not None
                     run_loss = self.graphed()
@@ -251,14 +259,11 @@ def train(
     recipes = list(recipes) if recipes is not None else [protocol] * len(seeds)
     _check_recipes(protocol, recipes, len(seeds))
     spec.check(data.info.shape)
-    shared = all(r == protocol for r in recipes)
     if plan is None:
         plan = select_step(
             spec, protocol, device=device, threads=threads, shape=data.info.shape, cuda_graphs=cuda_graphs,
-            runs=len(seeds), recipes_shared=shared, classes=data.info.num_classes,
+            runs=len(seeds), recipes=recipes, classes=data.info.num_classes,
         )  # fmt: skip
-    elif plan.layout != "plain" and not shared:
-        raise ValueError("a fused model trains one recipe; runs with recipes of their own need the plain layout")
     with on_device(device), torch_threads(threads):
         data = data.to(device)
         runs, gens = _make_runs(spec, seeds, protocol, recipes, data, plan, record_steps)
@@ -290,10 +295,15 @@ def _make_runs(
             spec, recipes, data, gens, aug_gens, drop_gens, groups=plan.groups, record_steps=record_steps,
             channels_last=plan.channels_last,
         ), gens  # fmt: skip
+    if any(r.ema or r.tta for r in recipes):
+        raise ValueError("weight averaging (ema) and test-time flips (tta) train in the plain layout")
+    if plan.graphs and any(r != protocol for r in recipes):
+        raise ValueError("runs with recipes of their own are not replayed as one CUDA graph")
     info = data.info
     plain = [init_model(build_model(spec, info.shape, info.num_classes), g) for g in gens]
-    augmenting = protocol.augment.active
-    return FusedRuns(spec, protocol, data, plain, plan, aug_gens if augmenting else None, drop_gens, record_steps), gens
+    augmenting = any(r.augment.active for r in recipes)
+    aug = aug_gens if augmenting else None
+    return FusedRuns(spec, protocol, data, plain, plan, aug, drop_gens, record_steps, recipes), gens
 
 
 def _train_epochs(

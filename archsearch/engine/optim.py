@@ -15,7 +15,7 @@ from torch import Tensor
 
 from archsearch.core.protocol import Protocol
 
-__all__ = ["SGD", "AdamW", "Optimizer", "lr_at", "make_optimizer"]
+__all__ = ["SGD", "AdamW", "Optimizer", "RunOptimizers", "lr_at", "make_optimizer", "run_slice"]
 
 
 class Optimizer(TypingProtocol):
@@ -140,3 +140,63 @@ def lr_at(protocol: Protocol, step: int, steps_per_epoch: int) -> float:
     if protocol.schedule == "cosine":
         return _cos(lr, 0.0, (step - warm) / max(1, total - warm))
     return lr
+
+
+def run_slice(tensor: Tensor, run: int, k: int) -> Tensor:
+    """Run ``run``'s part of a fused model's parameter (or its gradient) as a view: every parameter holds its K runs
+    in K blocks along its first dimension (stacked, or concatenated as a grouped convolution's output channels)."""
+    return tensor.unflatten(0, (k, -1))[run]
+
+
+class RunOptimizers:
+    """One optimiser per run of a fused model, each over its run's slices of the stacked parameters (``run_slice``) with
+    its own recipe — optimiser, learning rate, weight decay, momentum: fused trials. Each run's update is the one its
+    optimiser makes alone (torch's multi-tensor SGD with Nesterov momentum, or the fused AdamW kernel), so the runs
+    differ from their runs alone only where the fused forward and backward round differently."""
+
+    def __init__(self, params: Sequence[Tensor], recipes: Sequence[Protocol]) -> None:
+        self.params, self.recipes = list(params), list(recipes)
+        self.lrs = [r.lr for r in self.recipes]
+        self.bufs: list[list[Tensor] | None] = [None] * len(self.recipes)  # SGD: momentum, from the first step
+        self.adam: dict[int, tuple[list[Tensor], list[Tensor], Tensor]] = {
+            k: ([torch.zeros_like(p) for p in self._slices(self.params, k)],
+                [torch.zeros_like(p) for p in self._slices(self.params, k)],
+                torch.zeros((), dtype=torch.float32, device=self.params[0].device))
+            for k, r in enumerate(self.recipes) if r.optimizer == "adamw"
+        }  # fmt: skip
+
+    def _slices(self, tensors: Sequence[Tensor | None], run: int) -> list[Tensor]:
+        assert all(t is not None for t in tensors), "every parameter needs a gradient"
+        return [run_slice(t, run, len(self.recipes)) for t in tensors]  # type: ignore[arg-type]
+
+    @property
+    def lr(self) -> float:
+        return self.lrs[0]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for k, recipe in enumerate(self.recipes):
+            params, grads = self._slices(self.params, k), self._slices([p.grad for p in self.params], k)
+            if recipe.optimizer == "adamw":
+                exp_avgs, exp_avg_sqs, count = self.adam[k]
+                count += 1
+                torch._fused_adamw_(
+                    params, grads, exp_avgs, exp_avg_sqs, [], [count] * len(params), lr=self.lrs[k], beta1=0.9,
+                    beta2=0.999, weight_decay=recipe.weight_decay, eps=1e-8, amsgrad=False, maximize=False,
+                )  # fmt: skip
+            else:
+                self._sgd(k, params, grads, recipe)
+
+    def _sgd(self, k: int, params: list[Tensor], grads: list[Tensor] | tuple[Tensor, ...], recipe: Protocol) -> None:
+        """torch.optim.SGD's multi-tensor update (Nesterov momentum, no dampening) on run k's slices."""
+        if recipe.weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=recipe.weight_decay)
+        if recipe.momentum:
+            bufs = self.bufs[k]
+            if bufs is None:
+                bufs = self.bufs[k] = [torch.clone(g).detach() for g in grads]
+            else:
+                torch._foreach_mul_(bufs, recipe.momentum)
+                torch._foreach_add_(bufs, grads)
+            grads = torch._foreach_add(grads, bufs, alpha=recipe.momentum)
+        torch._foreach_add_(params, grads, alpha=-self.lrs[k])

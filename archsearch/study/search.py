@@ -181,9 +181,9 @@ def _open_recipe(space: Space) -> bool:
 
 def default_fuse(cfg: SearchConfig, space: Space, device: Any, threads: int | None) -> int:
     """``--fuse`` when not given: on a CPU, a CNN space with an open recipe trains one trial per thread together
-    (up to 4): the plain layout spreads them over the threads (benchmarks/bench_search.py: per model, 1.1-1.4x one
-    trial on both threads); elsewhere one trial at a time (on a GPU a group would train its members one after
-    another, as plain models, and gain nothing)."""
+    (up to 4): the plain layout spreads them over the threads (benchmarks/bench_search.py: per model, 1.2-1.6x one
+    trial on both threads); elsewhere one trial at a time (on a GPU a group trains as one fused model, a recipe per
+    run, which bench_search.py --device cuda --trials has not yet measured)."""
     cpu = getattr(device, "type", str(device or "cpu")) == "cpu"
     groupable = len(cfg.objectives) == 1 and cfg.sampler != "grid" and _open_recipe(space)
     if not cpu or not groupable or space.kind == "mlp":  # cnn and resnet spaces build CNNs

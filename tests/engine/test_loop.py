@@ -255,7 +255,8 @@ def test_cnns_take_the_hand_written_paths_only_where_they_pay(
 def test_the_layout_follows_the_workload() -> None:
     """select_step chooses how K runs share the machine: BatchNorm CNNs at batch 128 on a CPU as plain models, spread
     over the threads where there are runs for them; small MLPs fused (their accelerators); everything fused on a GPU;
-    runs with recipes of their own (fused trials) as plain models, on any device."""
+    runs with recipes of their own (fused trials) as plain models on a CPU and one fused model on a GPU, except where
+    a recipe averages weights or mirrors its evaluation (plain models only)."""
     cnn, mlp = parse_spec("cnn:8c3p1-bn-8c3s2p1-bn-16c3p1-bn-p2-fc-d0.2-silu"), parse_spec("mlp:128-relu")
     big = Protocol(batch_size=128, optimizer="sgd", momentum=0.9)
 
@@ -270,8 +271,11 @@ def test_the_layout_follows_the_workload() -> None:
     assert plan(cnn, big, threads=2, runs=4, device="cuda").layout == "fused"
     assert plan(cnn, Protocol(), threads=2, runs=4).layout == "fused"  # batch 32: overhead-bound, fused pays
     assert plan(mlp, Protocol(), threads=2, runs=5).layout == "fused"
-    assert plan(cnn, Protocol(), threads=2, runs=4, recipes_shared=False).name == "plain+2threads"
-    assert plan(mlp, Protocol(), threads=2, runs=4, device="cuda", recipes_shared=False).name == "plain"
+    trials = [Protocol(), Protocol(lr=1e-3), Protocol(label_smoothing=0.1), Protocol(weight_decay=0.0)]
+    assert plan(cnn, Protocol(), threads=2, runs=4, recipes=trials).name == "plain+2threads"
+    assert plan(mlp, Protocol(), threads=2, runs=4, device="cuda", recipes=trials).name == "autograd"  # fused
+    averaged = [*trials[:3], Protocol(ema=0.99)]
+    assert plan(mlp, Protocol(), threads=2, runs=4, device="cuda", recipes=averaged).name == "plain"
 
 
 def test_channels_last_is_chosen_only_where_it_wins_by_the_margin() -> None:

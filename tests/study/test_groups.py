@@ -23,6 +23,7 @@ from archsearch.data import Dataset
 from archsearch.engine import EpochReport, train
 from archsearch.engine.steps import StepPlan
 from archsearch.models import parse_spec
+from tests.conftest import assert_same_training
 from tests.study.test_search import search_json
 
 CNN = "cnn:6c3p1-bn-12c3s2p1-bn-gap-fc-d0.1-relu"
@@ -50,6 +51,43 @@ def test_each_run_of_a_group_trains_as_its_recipe_alone(small_real: Dataset, pla
     assert len({tuple(_steps(group, r).tolist()) for r in range(len(RECIPES))}) == len(RECIPES)  # they did differ
 
 
+# batch 32: 100 steps an epoch on the 3,200-image slice (what assert_same_training compares epoch by epoch)
+TRIALS = [
+    Protocol(epochs=2, optimizer="sgd", momentum=0.9, schedule="onecycle", lr=0.05),
+    Protocol(epochs=2, optimizer="sgd", momentum=0.8, schedule="cosine", lr=0.01, weight_decay=1e-4,
+             label_smoothing=0.1, augment=Augment(crop=2, flip=True)),
+    Protocol(epochs=2, lr=3e-3, loss="kl", label_smoothing=0.05, augment=Augment(erase=0.3)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", [CNN, "mlp:32-bn-d0.2-16-gelu"])
+def test_each_run_of_one_fused_model_trains_as_its_recipe_alone(small_real: Dataset, text: str) -> None:
+    """Fused trials as one fused model (a GPU's layout for them): each run its own optimiser, schedule, weight decay,
+    momentum, loss, label smoothing and augmentation, and the same training as alone, to float rounding."""
+    spec = parse_spec(text)
+    group = train(spec, [7] * len(TRIALS), TRIALS[0], small_real, threads=1, plan=StepPlan(), record_steps=True,
+                  recipes=TRIALS)  # fmt: skip
+    assert group.engine_step == "autograd"
+    for r, recipe in enumerate(TRIALS):
+        alone = train(spec, [7], recipe, small_real, threads=1, plan=StepPlan(), record_steps=True)
+        assert_same_training(_steps(group, r)[None], _steps(alone, 0)[None], rtol=1e-5)
+    assert len({tuple(_steps(group, r).tolist()) for r in range(len(TRIALS))}) == len(TRIALS)  # they did differ
+
+
+def test_a_fused_model_refuses_what_only_plain_models_train(small_real: Dataset) -> None:
+    spec = parse_spec("mlp:16-relu")
+    for recipes, message in [
+        ([Protocol(epochs=1), Protocol(epochs=1, ema=0.9)], "weight averaging"),
+        ([Protocol(epochs=1), Protocol(epochs=1, lr=1e-3)], "not replayed as one CUDA graph"),
+    ]:
+        plan = StepPlan(graphs=message.startswith("not"))
+        with pytest.raises(ValueError, match=message):
+            train(spec, [1, 2], Protocol(epochs=1), small_real, threads=1, plan=plan, recipes=recipes)
+    with pytest.raises(ValueError, match="through the autograd step, not python"):
+        train(spec, [1, 2], Protocol(epochs=1), small_real, threads=1, plan=StepPlan("python"),
+              recipes=[Protocol(epochs=1), Protocol(epochs=1, lr=1e-3)])  # fmt: skip
+
+
 def test_a_run_that_leaves_stops_and_the_others_go_on(small_real: Dataset) -> None:
     spec = parse_spec(CNN)
 
@@ -74,9 +112,6 @@ def test_runs_with_recipes_of_their_own_take_the_plain_layout(small_real: Datase
     with pytest.raises(ValueError, match="share their batch size"):
         train(parse_spec("mlp:16-relu"), [1, 2], Protocol(epochs=1), small_real,
               recipes=[Protocol(epochs=1), Protocol(epochs=1, batch_size=64)])  # fmt: skip
-    with pytest.raises(ValueError, match="a fused model trains one recipe"):  # a fused plan would ignore them
-        train(parse_spec("mlp:16-relu"), [1, 2], Protocol(epochs=1), small_real, plan=StepPlan(),
-              recipes=[Protocol(epochs=1), Protocol(epochs=1, lr=1e-3)])  # fmt: skip
 
 
 def _groups(db: str, name: str) -> dict[int, list[optuna.trial.FrozenTrial]]:

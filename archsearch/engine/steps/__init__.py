@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from archsearch.core.protocol import Protocol
 from archsearch.engine.native import conv
 from archsearch.engine.steps.autograd import AutogradStep
@@ -34,16 +36,21 @@ __all__ = [
 ]
 
 
-def build_step(plan: StepPlan, model: FusedModel, protocol: Protocol) -> Step:
+def build_step(
+    plan: StepPlan, model: FusedModel, protocol: Protocol, recipes: Sequence[Protocol] | None = None
+) -> Step:
     """The step ``plan`` describes, over ``model``'s parameters (the C conv, where planned, becomes the model's trunk
-    program: the same parameters through other kernels)."""
+    program: the same parameters through other kernels). ``recipes``: each run's, where they differ (fused trials:
+    the autograd step only)."""
+    if recipes is not None and any(r != protocol for r in recipes) and plan.step != "autograd":
+        raise ValueError(f"runs with recipes of their own train through the autograd step, not {plan.name}")
     if plan.first_conv == "native":
         program = conv.first_conv_program(model)
         if program is None:
             raise ValueError(f"the C conv cannot compute the first layer of {model.spec}")
         model.trunk_program = program
     if plan.step == "autograd":
-        return AutogradStep(model, protocol)
+        return AutogradStep(model, protocol, recipes)
     return FusedStep(
         model,
         lr=protocol.lr,

@@ -9,24 +9,34 @@ CPU; select_step chooses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from archsearch.core.protocol import Protocol
 from archsearch.engine.loss import per_sample_loss
-from archsearch.engine.optim import make_optimizer
+from archsearch.engine.optim import SGD, AdamW, RunOptimizers, make_optimizer
 from archsearch.models import FusedModel
 
 __all__ = ["AutogradStep"]
 
 
 class AutogradStep:
-    """Call with x (the model's input layout) and labels y ``(K, B)``; returns each run's loss ``(K,)``."""
+    """Call with x (the model's input layout) and labels y ``(K, B)``; returns each run's loss ``(K,)``.
 
-    def __init__(self, model: FusedModel, protocol: Protocol) -> None:
+    ``recipes``, one per run where they differ (fused trials): each run's loss, label smoothing and optimiser are its
+    own, and ``lrs`` sets each run's learning rate (``lr`` sets them all alike)."""
+
+    def __init__(self, model: FusedModel, protocol: Protocol, recipes: Sequence[Protocol] | None = None) -> None:
         self.model = model
         self.params = list(model.parameters())
-        self.opt = make_optimizer(self.params, protocol)
+        self.recipes = list(recipes) if recipes is not None and any(r != protocol for r in recipes) else None
+        self.opt: AdamW | SGD | RunOptimizers
+        if self.recipes is None:
+            self.opt = make_optimizer(self.params, protocol)
+        else:
+            self.opt = RunOptimizers(self.params, self.recipes)
         self.loss, self.smoothing = protocol.loss, protocol.label_smoothing
 
     @property
@@ -35,13 +45,34 @@ class AutogradStep:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self.opt.lr = value
+        if isinstance(self.opt, RunOptimizers):
+            self.opt.lrs = [value] * len(self.opt.lrs)
+        else:
+            self.opt.lr = value
+
+    @property
+    def lrs(self) -> list[float]:
+        return list(self.opt.lrs) if isinstance(self.opt, RunOptimizers) else [self.lr] * self.model.k
+
+    @lrs.setter
+    def lrs(self, values: Sequence[float]) -> None:
+        if isinstance(self.opt, RunOptimizers):
+            self.opt.lrs = list(values)
+        elif len(set(values)) == 1:
+            self.lr = values[0]
+        else:
+            raise ValueError("runs of one recipe share their learning rate")
 
     def __call__(self, x: Tensor, y: Tensor, next_x: Tensor | None = None) -> Tensor:
         for p in self.params:  # fresh gradients (what a CUDA graph capture records, too)
             p.grad = None
         logp = torch.log_softmax(self.model(x), dim=-1)
-        run_loss = per_sample_loss(logp, y, self.loss, self.smoothing).mean(dim=1)
+        if self.recipes is None:
+            run_loss = per_sample_loss(logp, y, self.loss, self.smoothing).mean(dim=1)
+        else:  # each run's own loss and label smoothing
+            run_loss = torch.stack([
+                per_sample_loss(logp[k], y[k], r.loss, r.label_smoothing).mean() for k, r in enumerate(self.recipes)
+            ])  # fmt: skip
         run_loss.sum().backward()
         self.opt.step()
         return run_loss.detach()

@@ -21,6 +21,7 @@ supports is written on the kinds themselves (``Layer.accelerated`` in the layer 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -160,7 +161,7 @@ def applicable_plans(
     shape: Shape,
     cuda_graphs: bool = True,
     runs: int = 1,
-    recipes_shared: bool = True,
+    recipes: Sequence[Protocol] | None = None,
     classes: int = NUM_CLASSES,
     calibrate: bool = True,
     machine: Machine | None = None,
@@ -168,8 +169,10 @@ def applicable_plans(
     """Every plan that computes ``runs`` runs of ``spec`` under ``protocol`` on ``device`` with ``threads`` CPU
     threads, fastest first: the plain layout where it pays, the C step, the Python step (with the C conv where it
     applies, then without), autograd (likewise). The last is always the fused autograd step, which computes
-    everything. ``why_not`` of the first says why faster ones do not apply. Runs that do not share one recipe
-    (``recipes_shared`` false: fused trials) train as plain models, the one plan then. A plain CNN's memory format
+    everything. ``why_not`` of the first says why faster ones do not apply. ``recipes``: each run's recipe, where
+    they differ (fused trials): on a CPU they train as plain models, on a GPU as one fused model through the autograd
+    step (without CUDA graphs), the one plan then; weight averaging or test-time flips in any recipe need the plain
+    layout. A plain CNN's memory format
     is measured on this CPU once and cached (calibrate.py); ``calibrate`` false takes NCHW without measuring.
     ``machine``: the native kernels there are (default: this machine's, :meth:`Machine.here`)."""
     device = torch.device(device)
@@ -206,7 +209,7 @@ def applicable_plans(
     plans += [StepPlan("autograd", first, graphs=graphs) for first in first_convs]
     # runs spread over the threads, one torch thread each, where there are runs enough for them
     groups = min(threads, runs) if cpu and runs > 1 else 1
-    only_plain = _only_plain(protocol, recipes_shared)
+    only_plain = _only_plain(protocol, recipes, cpu)
     last = False
     plain_pays = only_plain or _plain_layout(spec, protocol, cpu, plans[0]) is None
     if cpu and calibrate and spec.kind == "cnn" and plain_pays:
@@ -215,6 +218,8 @@ def applicable_plans(
     plain = StepPlan("autograd", layout="plain", groups=groups, channels_last=last)
     if only_plain:
         return [dataclasses.replace(plain, why_not=(only_plain,))]
+    if any(r != protocol for r in recipes or ()):  # on a GPU: one fused model, a recipe per run
+        return [StepPlan("autograd", why_not=("runs with recipes of their own train through the autograd step",))]
     if (no_plain := _plain_layout(spec, protocol, cpu, plans[0])) is None:
         plans.insert(0, plain)
     else:
@@ -223,13 +228,15 @@ def applicable_plans(
     return plans
 
 
-def _only_plain(protocol: Protocol, recipes_shared: bool) -> str | None:
-    """Why the runs can only train as plain models, or None: a fused model's step has one recipe for all its runs,
-    and only plain models keep averaged weights and evaluate with mirrored images."""
-    if not recipes_shared:
-        return "runs with recipes of their own train as plain models"
-    if protocol.ema or protocol.tta:
+def _only_plain(protocol: Protocol, recipes: Sequence[Protocol] | None, cpu: bool) -> str | None:
+    """Why the runs can only train as plain models, or None: only plain models keep averaged weights and evaluate
+    with mirrored images, and on a CPU, where the search's CNNs train faster as plain models spread over the cores
+    (benchmarks/bench_search.py), runs with recipes of their own train so too."""
+    every = recipes or [protocol]
+    if any(r.ema or r.tta for r in every):
         return "weight averaging (ema) and test-time flips (tta) train as plain models"
+    if cpu and any(r != protocol for r in every):
+        return "runs with recipes of their own train as plain models on a CPU"
     return None
 
 
@@ -253,7 +260,7 @@ def select_step(
     shape: Shape,
     cuda_graphs: bool = True,
     runs: int = 1,
-    recipes_shared: bool = True,
+    recipes: Sequence[Protocol] | None = None,
     classes: int = NUM_CLASSES,
     calibrate: bool = True,
     machine: Machine | None = None,
@@ -262,5 +269,5 @@ def select_step(
     ``threads`` CPU threads (see :func:`applicable_plans`)."""
     return applicable_plans(
         spec, protocol, device=device, threads=threads, shape=shape, cuda_graphs=cuda_graphs, runs=runs,
-        recipes_shared=recipes_shared, classes=classes, calibrate=calibrate, machine=machine,
+        recipes=recipes, classes=classes, calibrate=calibrate, machine=machine,
     )[0]  # fmt: skip
