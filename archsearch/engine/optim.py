@@ -158,10 +158,8 @@ class RunOptimizers:
         self.params, self.recipes = list(params), list(recipes)
         self.lrs = [r.lr for r in self.recipes]
         self.bufs: list[list[Tensor] | None] = [None] * len(self.recipes)  # SGD: momentum, from the first step
-        self.adam: dict[int, tuple[list[Tensor], list[Tensor], Tensor]] = {
-            k: ([torch.zeros_like(p) for p in self._slices(self.params, k)],
-                [torch.zeros_like(p) for p in self._slices(self.params, k)],
-                torch.zeros((), dtype=torch.float32, device=self.params[0].device))
+        self.adams = {  # AdamW over run k's slices: its state, stepped through AdamW.update
+            k: AdamW(self._slices(self.params, k), lr=r.lr, weight_decay=r.weight_decay)
             for k, r in enumerate(self.recipes) if r.optimizer == "adamw"
         }  # fmt: skip
 
@@ -177,13 +175,10 @@ class RunOptimizers:
     def step(self) -> None:
         for k, recipe in enumerate(self.recipes):
             params, grads = self._slices(self.params, k), self._slices([p.grad for p in self.params], k)
-            if recipe.optimizer == "adamw":
-                exp_avgs, exp_avg_sqs, count = self.adam[k]
-                count += 1
-                torch._fused_adamw_(
-                    params, grads, exp_avgs, exp_avg_sqs, [], [count] * len(params), lr=self.lrs[k], beta1=0.9,
-                    beta2=0.999, weight_decay=recipe.weight_decay, eps=1e-8, amsgrad=False, maximize=False,
-                )  # fmt: skip
+            if (adam := self.adams.get(k)) is not None:
+                adam.lr = self.lrs[k]
+                adam.begin()
+                adam.update(params, grads, adam.exp_avgs, adam.exp_avg_sqs)
             else:
                 self._sgd(k, params, grads, recipe)
 
