@@ -193,7 +193,7 @@ class FusedRuns:
                     self.step_fn.lr = lr_at(protocol, first_step + i, steps)
                 elif scheduled:
                     assert isinstance(self.step_fn, AutogradStep)  # the one step that trains runs of many recipes
-                    self.step_fn.lrs = [lr_at(r, first_step + i, steps) for r in recipes]
+                    self.step_fn.set_lrs([lr_at(r, first_step + i, steps) for r in recipes])
                 if i < replayed:
                     assert self.graphed is not None
                     run_loss = self.graphed()

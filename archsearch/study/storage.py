@@ -121,7 +121,18 @@ def _signal_safe(cls: type[Any]) -> type[Any]:
     return type(f"SignalSafe{name}", (cls,), {"__module__": __name__, **methods})
 
 
-class _ClaimingRDBStorage(RDBStorage):
+class _ClaimsQueued(BaseStorage):
+    """Records the owner (host, PID) of a queued trial in the storage call in which this process wins it."""
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        # the storage mixed in after this class (RDBStorage, JournalStorage) implements it
+        started = super().set_trial_state_values(trial_id, state, values)  # type: ignore[safe-super]
+        if started and state == TrialState.RUNNING:
+            self.set_trial_system_attr(trial_id, OWNER_ATTR, _owner())
+        return started
+
+
+class _ClaimingRDBStorage(_ClaimsQueued, RDBStorage):
     """An RDB storage that records the owner (host, PID) of every trial this process starts, in the storage call that
     makes it RUNNING: a process killed between Optuna's ``ask`` and the objective's own claim (sampling, a few storage
     writes: seen once in 60 kills) left an ownerless RUNNING trial that no rerun could tell from a live one.
@@ -134,14 +145,8 @@ class _ClaimingRDBStorage(RDBStorage):
             trial.system_attrs[OWNER_ATTR] = _owner()  # the copy Optuna's cache keeps
         return trial
 
-    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
-        started = super().set_trial_state_values(trial_id, state, values)
-        if started and state == TrialState.RUNNING:  # a queued trial this process won
-            self.set_trial_system_attr(trial_id, OWNER_ATTR, _owner())
-        return started
 
-
-class _ClaimingJournalStorage(JournalStorage):
+class _ClaimingJournalStorage(_ClaimsQueued, JournalStorage):
     """:class:`_ClaimingRDBStorage`'s claim on a journal file."""
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
@@ -149,12 +154,6 @@ class _ClaimingJournalStorage(JournalStorage):
         if template_trial is None or template_trial.state == TrialState.RUNNING:
             self.set_trial_system_attr(trial_id, OWNER_ATTR, _owner())
         return trial_id
-
-    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
-        started = super().set_trial_state_values(trial_id, state, values)
-        if started and state == TrialState.RUNNING:
-            self.set_trial_system_attr(trial_id, OWNER_ATTR, _owner())
-        return started
 
 
 _SignalSafeRDBStorage = _signal_safe(_ClaimingRDBStorage)

@@ -26,7 +26,7 @@ class AutogradStep:
     """Call with x (the model's input layout) and labels y ``(K, B)``; returns each run's loss ``(K,)``.
 
     ``recipes``, one per run where they differ (fused trials): each run's loss, label smoothing and optimiser are its
-    own, and ``lrs`` sets each run's learning rate (``lr`` sets them all alike)."""
+    own, and ``set_lrs`` sets each run's learning rate (``lr`` sets them all alike)."""
 
     def __init__(self, model: FusedModel, protocol: Protocol, recipes: Sequence[Protocol] | None = None) -> None:
         self.model = model
@@ -50,18 +50,10 @@ class AutogradStep:
         else:
             self.opt.lr = value
 
-    @property
-    def lrs(self) -> list[float]:
-        return list(self.opt.lrs) if isinstance(self.opt, RunOptimizers) else [self.lr] * self.model.k
-
-    @lrs.setter
-    def lrs(self, values: Sequence[float]) -> None:
-        if isinstance(self.opt, RunOptimizers):
-            self.opt.lrs = list(values)
-        elif len(set(values)) == 1:
-            self.lr = values[0]
-        else:
-            raise ValueError("runs of one recipe share their learning rate")
+    def set_lrs(self, values: Sequence[float]) -> None:
+        """Each run's learning rate, where the runs have recipes of their own."""
+        assert isinstance(self.opt, RunOptimizers), "runs of one recipe share their learning rate (set lr)"
+        self.opt.lrs = list(values)
 
     def __call__(self, x: Tensor, y: Tensor, next_x: Tensor | None = None) -> Tensor:
         for p in self.params:  # fresh gradients (what a CUDA graph capture records, too)
