@@ -59,7 +59,7 @@ def budget_markdown(summary: Mapping[str, Any], images: Sequence[str] = ()) -> s
     screen = summary["screen"]
     counts = ", ".join(f"{n} {state}" for state, n in screen["counts"].items())
     budget = f"at most {summary['max_params']:,} parameters" if summary.get("max_params") else "no parameter budget"
-    images = f"{screen['train_images']:,}" if screen["train_images"] else "all the"
+    subset = f"{screen['train_images']:,}" if screen["train_images"] else "all the"
     lines = [
         f"# A {summary['time_budget_s']:,.0f}-second search of `{summary['space']}` on {summary['dataset']}",
         "",
@@ -67,7 +67,7 @@ def budget_markdown(summary: Mapping[str, Any], images: Sequence[str] = ()) -> s
         "",
         *(f"- {line}" for line in budget_lines(summary)),
         "",
-        f"**Screen**: {screen['epochs']} epochs per trial on {images} training images, successive halving over epochs, "
+        f"**Screen**: {screen['epochs']} epochs per trial on {subset} training images, successive halving over epochs, "
         f"{screen['val_images']:,} validation images held out; trials: {counts}.",
         "",
         f"**Finalists**: {summary['final_epochs']} epochs on every training image, each seed its own run.",

@@ -162,8 +162,10 @@ def test_a_60s_search_holds_its_budget_and_exports_the_best_by_mean_validation(t
     assert best["test_acc"] == pytest.approx(statistics.fmean(best["test_per_seed"]))
     assert summary["welch_p"] is not None and summary["distinguishable"] == (summary["welch_p"] < 0.05)
     assert summary["screen"]["counts"].get("pruned", 0) >= 1  # successive halving stopped some
-    for name in ("REPORT.md", "accuracy-over-time.png", "screen-vs-params.png"):
-        assert (tmp_path / "out" / name).stat().st_size > 0
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    for name in ("accuracy-over-time.png", "screen-vs-params.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0 and f"![{name}]({name})" in report
+    assert report.count("![") == 2  # the two plots, nothing else
     evaluated = _evaluate(tmp_path, tmp_path / "out" / "best")
     assert evaluated["matches_recorded"] and evaluated["spec"] == best["spec"]
 
