@@ -29,7 +29,7 @@ from archsearch.data.dataset import Dataset
 from archsearch.engine.batches import Layout, gather_augmented, gather_batch
 from archsearch.engine.optim import lr_at
 from archsearch.engine.plain_runs import PlainRuns
-from archsearch.engine.runtime import on_device, torch_threads, usable_cores
+from archsearch.engine.runtime import on_device, quiet_gc, torch_threads, usable_cores
 from archsearch.engine.steps import AutogradStep, DeviceBatches, GraphedStep, StepPlan, build_step, select_step
 from archsearch.models import FusedModel, Spec, build_model, init_model
 
@@ -264,7 +264,7 @@ def train(
             spec, protocol, device=device, threads=threads, shape=data.info.shape, cuda_graphs=cuda_graphs,
             runs=len(seeds), recipes=recipes, classes=data.info.num_classes,
         )  # fmt: skip
-    with on_device(device), torch_threads(threads):
+    with on_device(device), torch_threads(threads), quiet_gc():
         data = data.to(device)
         runs, gens = _make_runs(spec, seeds, protocol, recipes, data, plan, record_steps)
         history, diverged, left = _train_epochs(runs, gens, protocol, data, on_epoch, on_step)

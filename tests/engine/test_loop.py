@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -136,6 +137,28 @@ def test_callback_can_stop_training(small_real: Dataset) -> None:
 
     with pytest.raises(Stop):
         train(parse_spec("mlp:linear"), [1], Protocol(epochs=5), small_real, on_epoch=stop)
+
+
+def test_training_leaves_what_existed_before_it_to_the_collector_afterwards(small_real: Dataset) -> None:
+    """While training, what existed before it is frozen (no full collection walks it again); afterwards, and after a
+    training stopped by its callback, the collector has it back; objects the process froze itself stay frozen."""
+    frozen: list[int] = []
+
+    def look(report: EpochReport) -> None:
+        frozen.append(gc.get_freeze_count())
+        if report.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(parse_spec("mlp:linear"), [1], Protocol(epochs=3), small_real, on_epoch=look)
+    assert len(frozen) == 2 and min(frozen) > 1000 and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        train(parse_spec("mlp:linear"), [1], Protocol(epochs=1), small_real)
+        assert gc.get_freeze_count() == mine
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.slow
