@@ -30,9 +30,16 @@ from archsearch.models import (
     Spec,
 )
 
-__all__ = ["KINDS", "SHAPES", "SpaceKind"]
+__all__ = ["KINDS", "SHAPES", "Fit", "SpaceKind"]
 
 SHAPES = ("free", "constant", "funnel", "hourglass")
+
+
+class Fit(Protocol):
+    """The space's budget: the architecture ``build(width)`` at the largest width whose parameters stay within
+    ``share`` of the space's ``max_params`` (and its compute within ``max_macs``)."""
+
+    def __call__(self, build: Callable[[int], Spec], share: float) -> Spec: ...
 
 
 class Suggest(Protocol):
@@ -47,7 +54,7 @@ class SpaceKind:
     allowed: dict[str, tuple[Any, ...]]
     minimum: dict[str, int]  # integer keys and their least value
     per_layer: dict[str, str]  # key -> the key that says how many of it there are
-    sample: Callable[[Suggest], Spec]
+    sample: Callable[[Suggest, Fit], Spec]
     report_values: Callable[[Spec], dict[str, Any] | None]  # the values that sample ``spec``, or None
 
 
@@ -71,7 +78,7 @@ def _shaped(shape: str, width: int, depth: int) -> list[int]:
 # ----------------------------------------------------------------------------------------------------------------- mlp
 
 
-def _sample_mlp(s: Suggest) -> Spec:
+def _sample_mlp(s: Suggest, fit: Fit) -> Spec:
     depth = int(s("depth"))
     shape = s("shape") if depth >= 2 else "free"
     if shape == "free":
@@ -98,29 +105,38 @@ def _report_mlp(spec: Spec) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------------------------------------------- cnn
 
 
-def _sample_cnn(s: Suggest) -> Spec:
+def _sample_cnn(s: Suggest, fit: Fit) -> Spec:
     norm, separable = bool(s("norm")), bool(s("separable"))
-    layers: list[Layer] = []
     blocks = int(s("blocks"))
     # "double" asks one width instead of one per block: a search of a few dozen trials should not spend them on
     # 58-8-4 channel funnels that no hand design would try
     double = blocks >= 2 and s("growth") == "double"
-    first = int(s("channels", "channels_1"))
+    fill = s("fill")  # None, or the share of max_params the widths are scaled to: then the fit chooses the width
+    plan: list[tuple[int, int, int, int, str]] = []  # per block: channels (as asked), kernel, padding, convs, pool
     for i in range(blocks):
-        channels = first << i if double else first if i == 0 else int(s("channels", f"channels_{i + 1}"))
+        asked = (fill is None or not double) and (i == 0 or not double)
+        channels = int(s("channels", f"channels_{i + 1}")) if asked else 1 << i
         kernel = int(s("kernel", f"kernel_{i + 1}"))
         pad = kernel // 2 if s("padding", f"padding_{i + 1}") == "same" else 0
-        convs = int(s("convs", f"convs_{i + 1}"))
-        pool = s("pool", f"pool_{i + 1}")
-        for j in range(convs):
-            stride = 2 if pool == "stride" and j == convs - 1 else 1
-            conv = SepConv if separable and layers else Conv  # the first sees the image's few channels: a plain one
-            layers.append(conv(channels, kernel, stride, pad, norm=norm))
-        if pool in ("max", "avg"):
-            layers.append(Pool(2, pool))
-    if s("head") == "gap":
-        layers.append(GlobalAvgPool())
-    return Spec("cnn", (*layers, *_head(s, norm)), str(s("activation")))
+        plan.append((channels, kernel, pad, int(s("convs", f"convs_{i + 1}")), str(s("pool", f"pool_{i + 1}"))))
+    gap = s("head") == "gap"
+    head = _head(s, norm)
+    activation = str(s("activation"))
+
+    def build(first: int) -> Spec:
+        """The architecture with ``first`` channels in the first block (the others in proportion as asked)."""
+        layers: list[Layer] = []
+        for i, (width, kernel, pad, convs, pool) in enumerate(plan):
+            channels = first << i if double else max(1, round(width * first / plan[0][0]))
+            for j in range(convs):
+                stride = 2 if pool == "stride" and j == convs - 1 else 1
+                conv = SepConv if separable and layers else Conv  # the first sees the image's few channels: plain
+                layers.append(conv(channels, kernel, stride, pad, norm=norm))
+            if pool in ("max", "avg"):
+                layers.append(Pool(2, pool))
+        return Spec("cnn", (*layers, *([GlobalAvgPool()] if gap else []), *head), activation)
+
+    return build(plan[0][0]) if fill is None else fit(build, float(fill))
 
 
 def _report_cnn(spec: Spec) -> dict[str, Any] | None:
@@ -150,7 +166,7 @@ def _report_cnn(spec: Spec) -> dict[str, Any] | None:
 # -------------------------------------------------------------------------------------------------------------- resnet
 
 
-def _sample_resnet(s: Suggest) -> Spec:
+def _sample_resnet(s: Suggest, fit: Fit) -> Spec:
     norm = bool(s("norm"))
     layers: list[Layer] = [Conv(int(s("stem")), 3, padding=1, norm=norm)]
     width = int(s("width"))
@@ -185,6 +201,7 @@ KINDS: dict[str, SpaceKind] = {
             "norm": False,
             "separable": False,  # every conv after the first depthwise-separable (SepConv: ~k² fewer weights)
             "head": ("flatten",),
+            "fill": None,  # a share of max_params: the first block's width is then the largest that fits it
             "fc_depth": 1,
             "fc_width": 64,
             "dropout": DROPOUT,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from archsearch.core.resources import read_toml, studies_dir
 from archsearch.core.shapes import FASHION_MNIST_SHAPE, Shape
 from archsearch.models import NUM_CLASSES, Spec, SpecError, count_params, macs_per_sample
 from archsearch.study.report import ReportRow
-from archsearch.study.space_kinds import KINDS
+from archsearch.study.space_kinds import KINDS, Fit
 
 __all__ = [
     "BUILTIN_SPACES",
@@ -45,6 +46,7 @@ __all__ = [
 BUILTIN_SPACES = ("mlp", "cnn", "resnet", "fast")
 _COMMON = {"kind", "name", "description", "max_params", "min_params", "max_macs", "recipe", "optimizer"}
 _AUGMENT = ("crop", "flip", "erase")
+_MAX_WIDTH = 4096  # channels a fitted first block can reach
 RECIPE_KEYS = (
     "optimizer", "lr", "weight_decay", "momentum", "batch_size", "schedule", "warmup_epochs", "label_smoothing",
     *_AUGMENT, "ema", "tta",
@@ -116,14 +118,41 @@ class Space:
     source: str = ""
     text: str = field(default="", repr=False)
 
-    def sample(self, trial: optuna.Trial) -> tuple[Spec, dict[str, Any]]:
-        """Suggest this space's parameters on ``trial``: the spec and the recipe's values (may raise SpecError)."""
+    def sample(
+        self, trial: optuna.Trial, shape: Shape = FASHION_MNIST_SHAPE, classes: int = NUM_CLASSES
+    ) -> tuple[Spec, dict[str, Any]]:
+        """Suggest this space's parameters on ``trial``: the spec (for images of ``shape``) and the recipe's values
+        (may raise SpecError)."""
 
         def suggest(key: str, name: str | None = None) -> Any:
             return self.params[key].suggest(trial, name)
 
-        spec = KINDS[self.kind].sample(suggest)
+        spec = KINDS[self.kind].sample(suggest, self._fit(shape, classes))
         return spec, {key: param.suggest(trial, key) for key, param in self.recipe.items()}
+
+    @property
+    def fills(self) -> bool:
+        """Whether its widths are scaled to a share of ``max_params`` (the key ``fill``) rather than asked."""
+        return "fill" in self.params and self.params["fill"].values() != (None,)
+
+    def _fit(self, shape: Shape, classes: int) -> Fit:
+        def fits(spec: Spec, share: float) -> bool:
+            if self.max_params is not None and count_params(spec, shape, classes) > share * self.max_params:
+                return False
+            return self.max_macs is None or macs_per_sample(spec, shape, classes) <= self.max_macs
+
+        def fit(build: Callable[[int], Spec], share: float) -> Spec:
+            """The largest width that fits (parameters and compute grow with it): doubled, then bisected; width 1
+            where none does (the constraints then reject it)."""
+            low, high = 1, 2
+            while high <= _MAX_WIDTH and fits(build(high), share):
+                low, high = high, high * 2
+            while high - low > 1:
+                mid = (low + high) // 2
+                low, high = (mid, high) if fits(build(mid), share) else (low, mid)
+            return build(low)
+
+        return fit
 
     def protocol(self, base: Protocol, values: dict[str, Any]) -> Protocol:
         """``base`` with the recipe's sampled ``values``; an impossible combination is a ProtocolError."""
@@ -162,7 +191,7 @@ class Space:
     ) -> dict[str, Any] | None:
         """The parameters that make this space sample ``row``'s architecture with the report's protocol, or None if
         it does not fit (the space, or images of ``shape``)."""
-        values = KINDS[self.kind].report_values(row.spec)
+        values = None if self.fills else KINDS[self.kind].report_values(row.spec)
         try:
             if values is None or self.violation(row.spec.check(shape), shape, classes):
                 return None
@@ -247,6 +276,17 @@ def _check_values(key: str, param: Param, allowed: tuple[Any, ...] | None, minim
             raise SpaceError(f"{where}: '{key}' must be integers >= {minimum}")
 
 
+def _check_fill(data: dict[str, Any], params: dict[str, Param], where: Callable[[str], str]) -> None:
+    if "fill" not in data:
+        return
+    fill = params["fill"]
+    shares = [*fill.values(), *(v for v in (fill.low, fill.high) if v is not None)]
+    if any(isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1 for v in shares):
+        raise SpaceError(f"{where('fill')}: 'fill' is a share of max_params, in (0, 1]")
+    if "max_params" not in data:
+        raise SpaceError(f"{where('fill')}: 'fill' scales the widths to a share of max_params; set max_params")
+
+
 def parse_space(text: str, source: str, default_name: str) -> Space:
     """A space from TOML text (a worker rebuilds the space a study was started with from the copy it keeps)."""
     try:
@@ -273,6 +313,7 @@ def parse_space(text: str, source: str, default_name: str) -> Space:
         params[key] = param
     if "dropout" in data and any(not 0 <= float(v) < 1 for v in params["dropout"].values()):
         raise SpaceError(f"{where('dropout')}: 'dropout' must be in [0, 1)")
+    _check_fill(data, params, where)
     if "recipe" in data and "optimizer" in data:
         raise SpaceError(f"{where('optimizer')}: give [recipe] or its older name [optimizer], not both")
     table_name = "recipe" if "recipe" in data else "optimizer"
@@ -318,7 +359,7 @@ def spec_or_reason(
 ) -> tuple[Spec | None, dict[str, Any], str | None]:
     """Sample; an invalid or constraint-breaking architecture comes back as a reason instead of a spec."""
     try:
-        spec, values = space.sample(trial)
+        spec, values = space.sample(trial, shape, classes)
         spec.check(shape)
     except SpecError as err:
         return None, {}, f"invalid architecture: {err}"

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 
 from archsearch.core.errors import UserError
-from archsearch.models import Conv, count_params, macs_per_sample
+from archsearch.models import Conv, SepConv, count_params, macs_per_sample
 from archsearch.study.report import report_rows
 from archsearch.study.spaces import SpaceError, load_space, spec_or_reason
 
@@ -91,6 +93,9 @@ def test_example_space_loads_and_samples() -> None:
         ('kind = "cnn"\ndropout = 1.5\n', "'dropout' must be in [0, 1)"),
         ('kind = "cnn"\nmax_params = -5\n', "'max_params' must be a positive integer"),
         ('kind = "mlp"\ndepth = [0, 3\n', "TOML syntax error"),
+        ('kind = "cnn"\nmax_params = 9000\nfill = 1.5\n', ":3: 'fill' is a share of max_params, in (0, 1]"),
+        ('kind = "cnn"\nmax_params = 9000\nfill = { low = 0.0, high = 1.0 }\n', "'fill' is a share of max_params"),
+        ('kind = "cnn"\nfill = 0.9\n', ":2: 'fill' scales the widths to a share of max_params; set max_params"),
     ],
 )
 def test_bad_space_files_name_line_and_key(tmp_path: Path, text: str, fragment: str) -> None:
@@ -176,3 +181,56 @@ def test_cnn_growth_double_asks_one_width_and_doubles_it_block_by_block(tmp_path
     path.write_text('kind = "cnn"\ngrowth = "triple"\n')
     with pytest.raises(SpaceError, match="growth"):
         load_space(str(path))
+
+
+def _fitted(space_text: str, path: Path, n: int = 30) -> list[tuple[Any, float, str | None]]:
+    path.write_text(space_text)
+    space = load_space(str(path))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        spec, _, reason = spec_or_reason(space, trial)
+        assert not any(k.startswith("channels") for k in trial.params)  # the fit chooses the width, nothing asks it
+        out.append((spec, trial.params["fill"], reason))
+        study.tell(trial, 0.0)
+    return out
+
+
+def _one_channel_wider(spec: Any) -> Any:
+    """``spec`` with one channel more in its first block and the other blocks in proportion (doubling from it)."""
+    first = spec.trunk[0].channels
+    return replace(spec, layers=tuple(
+        replace(layer, channels=layer.channels + layer.channels // first) if isinstance(layer, Conv | SepConv)
+        else layer for layer in spec.layers
+    ))  # fmt: skip
+
+
+def test_fill_gives_each_architecture_the_largest_width_within_its_share_of_the_budget(tmp_path: Path) -> None:
+    text = (
+        'kind = "cnn"\nmax_params = 20000\nblocks = { low = 1, high = 3 }\ngrowth = "double"\nkernel = 3\n'
+        'padding = "same"\nconvs = { low = 1, high = 2 }\npool = { choices = ["max", "stride"] }\nnorm = true\n'
+        'separable = { choices = [false, true] }\nhead = { choices = ["flatten", "gap"] }\nfc_depth = 0\n'
+        "fill = { low = 0.5, high = 1.0 }\n"
+    )
+    kinds = set()
+    for spec, share, reason in _fitted(text, tmp_path / "fill.toml"):
+        assert spec is not None and reason is None
+        assert count_params(spec) <= share * 20000 < count_params(_one_channel_wider(spec))
+        kinds.add(any(isinstance(layer, SepConv) for layer in spec.trunk))
+    assert kinds == {False, True}  # both kinds of convolution are fitted, each to its own width
+
+
+def test_fill_respects_max_macs_and_a_space_without_it_asks_its_widths(tmp_path: Path) -> None:
+    text = (
+        'kind = "cnn"\nmax_params = 100000\nmax_macs = 2000000\nblocks = 2\ngrowth = "double"\nkernel = 3\n'
+        'padding = "same"\npool = "max"\nhead = "gap"\nfc_depth = 0\nfill = { low = 0.5, high = 1.0 }\n'
+    )
+    for spec, share, reason in _fitted(text, tmp_path / "macs.toml", n=5):
+        assert spec is not None and reason is None
+        # at 28x28 the compute binds first: the widest within 2M multiply-accumulates, well under its parameters
+        assert macs_per_sample(spec) <= 2_000_000 < macs_per_sample(_one_channel_wider(spec))
+        assert count_params(spec) < share * 100000
+    assert load_space("fast").fills and not load_space("cnn").fills
+    # a fitted space samples no report row: its widths are not asked, so none can be enqueued
+    assert all(load_space("fast").report_params(row) is None for row in report_rows())
