@@ -4,7 +4,9 @@ Optuna trial's values become a spec, and which values make the space sample one 
 mlp: depth, width (per layer), shape (free | constant | funnel | hourglass), norm, dropout, activation.
 cnn: blocks; per block channels, kernel, padding (valid | same), convs (1 or 2: VGG-style pairs), pool (max | avg |
      stride: the block's last conv with stride 2 | none); growth (free: channels per block | double: the first
-     block's channels, doubled block by block as hand-made CNNs do); norm, head (flatten | gap), fc_depth,
+     block's channels, doubled block by block as hand-made CNNs do); fill (a share of max_params: the widths are
+     then fitted, not asked — the first block's is the largest within that share and max_macs, the others in
+     proportion); norm, head (flatten | gap), fc_depth,
      fc_width (per fc layer), dropout (before the output layer), activation.
 resnet: stem (channels of a 3x3 stem conv), stages, blocks (residual blocks per stage), width (channels of the first
      stage; each further stage doubles them and halves the resolution with a strided block), norm, dropout,
