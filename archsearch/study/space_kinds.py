@@ -116,7 +116,7 @@ def _sample_cnn(s: Suggest, fit: Fit) -> Spec:
     fill = s("fill")  # None, or the share of max_params the widths are scaled to: then the fit chooses the width
     plan: list[tuple[int, int, int, int, str]] = []  # per block: channels (as asked), kernel, padding, convs, pool
     for i in range(blocks):
-        asked = (fill is None or not double) and (i == 0 or not double)
+        asked = not double or (fill is None and i == 0)
         channels = int(s("channels", f"channels_{i + 1}")) if asked else 1 << i
         kernel = int(s("kernel", f"kernel_{i + 1}"))
         pad = kernel // 2 if s("padding", f"padding_{i + 1}") == "same" else 0

@@ -46,7 +46,7 @@ __all__ = [
 BUILTIN_SPACES = ("mlp", "cnn", "resnet", "fast")
 _COMMON = {"kind", "name", "description", "max_params", "min_params", "max_macs", "recipe", "optimizer"}
 _AUGMENT = ("crop", "flip", "erase")
-_MAX_WIDTH = 4096  # channels a fitted first block can reach
+_MAX_WIDTH = 4096  # the fit's last doubling: a fitted first block has fewer than twice as many channels
 RECIPE_KEYS = (
     "optimizer", "lr", "weight_decay", "momentum", "batch_size", "schedule", "warmup_epochs", "label_smoothing",
     *_AUGMENT, "ema", "tta",
