@@ -221,7 +221,7 @@ def test_fill_gives_each_architecture_the_largest_width_within_its_share_of_the_
     assert kinds == {False, True}  # both kinds of convolution are fitted, each to its own width
 
 
-def test_fill_respects_max_macs_and_a_space_without_it_asks_its_widths(tmp_path: Path) -> None:
+def test_fill_respects_max_macs_and_a_fitted_space_enqueues_no_report_row(tmp_path: Path) -> None:
     text = (
         'kind = "cnn"\nmax_params = 100000\nmax_macs = 2000000\nblocks = 2\ngrowth = "double"\nkernel = 3\n'
         'padding = "same"\npool = "max"\nhead = "gap"\nfc_depth = 0\nfill = { low = 0.5, high = 1.0 }\n'
@@ -234,3 +234,22 @@ def test_fill_respects_max_macs_and_a_space_without_it_asks_its_widths(tmp_path:
     assert load_space("fast").fills and not load_space("cnn").fills
     # a fitted space samples no report row: its widths are not asked, so none can be enqueued
     assert all(load_space("fast").report_params(row) is None for row in report_rows())
+
+
+def test_fill_without_doubling_keeps_the_asked_widths_in_proportion(tmp_path: Path) -> None:
+    path = tmp_path / "free.toml"
+    path.write_text(
+        'kind = "cnn"\nmax_params = 20000\nblocks = 2\nchannels = { low = 4, high = 32 }\nkernel = 3\n'
+        'padding = "same"\npool = "max"\nhead = "gap"\nfc_depth = 0\nfill = 0.8\n'
+    )
+    space = load_space(str(path))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+    for _ in range(10):
+        trial = study.ask()
+        spec, _, reason = spec_or_reason(space, trial)
+        assert spec is not None and reason is None
+        first, second = (layer.channels for layer in spec.trunk if isinstance(layer, Conv))
+        asked = trial.params["channels_1"], trial.params["channels_2"]
+        assert second == max(1, round(asked[1] * first / asked[0]))  # each block asks its width; the fit scales
+        assert count_params(spec) <= 0.8 * 20000
+        study.tell(trial, 0.0)
